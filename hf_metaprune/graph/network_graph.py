@@ -1,0 +1,293 @@
+"""Exact, invertible mapping between a network and its graph.
+
+Every weight tensor becomes a contiguous block of rows of one edge-feature tensor (a pure reshape, so the
+inverse is bit-exact); every per-channel tensor becomes one column of a node-record tensor. The graph keeps
+the bookkeeping (``slots``) needed to write the features back; it never reads weights from the template model.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from .kinds import NODE_KINDS, edge_kind_for_kernel
+from .tracing import ChannelSpaces, trace_channel_spaces
+
+ROLE_HIDDEN, ROLE_INPUT, ROLE_OUTPUT = 0, 1, 2
+
+
+class UnsupportedModuleError(TypeError):
+    """Raised when a module holds parameters the graph cannot represent."""
+
+    def __init__(self, path: str, module: nn.Module, reason: str):
+        self.path, self.module_type = path, type(module).__name__
+        super().__init__(f"module '{path}' of type {type(module).__name__} is not supported: {reason}")
+
+
+@dataclass
+class EdgeSet:
+    index: torch.Tensor  # [2, E] (source node, target node)
+    features: torch.Tensor  # [E, kernel area]
+
+
+@dataclass
+class RecordSet:
+    node: torch.Tensor  # [R] node each record is attached to
+    features: torch.Tensor  # [R, columns of the kind]
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where tensor ``name`` lives: rows ``start:end`` (and ``column`` for records) of feature set ``kind``."""
+
+    name: str
+    kind: str
+    start: int
+    end: int
+    shape: tuple[int, ...]
+    column: int | None = None  # None: edge slot (rows reshape to the weight)
+    is_parameter: bool = True
+
+
+@dataclass
+class NetworkGraph:
+    """A network as a graph: nodes are channels, edges are weight slices, records are per-channel tensors."""
+
+    node_role: torch.Tensor  # [N] ROLE_HIDDEN / ROLE_INPUT / ROLE_OUTPUT
+    node_set: torch.Tensor  # [N] id of the channel space each node belongs to
+    set_names: list[str]
+    edges: dict[str, EdgeSet]
+    records: dict[str, RecordSet]
+    slots: list[Slot]
+    static_buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def num_nodes(self) -> int:
+        return self.node_role.numel()
+
+    @property
+    def num_edges(self) -> int:
+        return sum(e.index.shape[1] for e in self.edges.values())
+
+    @property
+    def num_covered_parameters(self) -> int:
+        """Parameter scalars represented in the graph (equals the model's parameter count)."""
+        return sum(_numel(s.shape) for s in self.slots if s.is_parameter)
+
+    def to(self, device: torch.device | str) -> "NetworkGraph":
+        return replace(
+            self,
+            node_role=self.node_role.to(device),
+            node_set=self.node_set.to(device),
+            edges={k: EdgeSet(e.index.to(device), e.features.to(device)) for k, e in self.edges.items()},
+            records={k: RecordSet(r.node.to(device), r.features.to(device)) for k, r in self.records.items()},
+        )
+
+    def with_features(self, edge_features: dict[str, torch.Tensor], record_features: dict[str, torch.Tensor]):
+        """A graph with the same structure and new features (missing kinds keep their features)."""
+        return replace(
+            self,
+            edges={k: EdgeSet(e.index, edge_features.get(k, e.features)) for k, e in self.edges.items()},
+            records={k: RecordSet(r.node, record_features.get(k, r.features)) for k, r in self.records.items()},
+        )
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every parameter and buffer of the network, built from the graph's features (differentiable)."""
+        out: dict[str, torch.Tensor] = {}
+        for s in self.slots:
+            if s.column is None:
+                out[s.name] = self.edges[s.kind].features[s.start:s.end].reshape(s.shape)
+            else:
+                out[s.name] = self.records[s.kind].features[s.start:s.end, s.column].reshape(s.shape)
+        out.update(self.static_buffers)
+        return out
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+class _GraphBuilder:
+    def __init__(self, spaces: ChannelSpaces):
+        self.spaces = spaces
+        self.edge_parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.record_parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.rows: dict[str, int] = {}
+        self.slots: list[Slot] = []
+        self.static: dict[str, torch.Tensor] = {}
+        self.input_sets: set[int] = set()
+
+    def nodes(self, path: str, module: nn.Module, dim: str, size: int) -> torch.Tensor:
+        nodes = self.spaces.dims.get((path, dim))
+        if nodes is None and dim == "in":  # a raw model input (e.g. RGB): its own non-prunable channel space
+            nodes = self.spaces.add_set(f"input:{path}", size)
+            self.input_sets.add(len(self.spaces.set_names) - 1)
+            self.spaces.dims[(path, dim)] = nodes
+        if nodes is None or (nodes < 0).any() or nodes.numel() != size:
+            raise UnsupportedModuleError(path, module, f"could not trace its {dim}put channels")
+        return nodes
+
+    def add_edges(self, name: str, kind: str, src: torch.Tensor, dst: torch.Tensor, feats: torch.Tensor, shape):
+        start = self.rows.get(kind, 0)
+        self.rows[kind] = start + feats.shape[0]
+        self.edge_parts.setdefault(kind, []).append((torch.stack([src, dst]), feats))
+        self.slots.append(Slot(name, kind, start, start + feats.shape[0], tuple(shape)))
+
+    def add_records(self, kind: str, nodes: torch.Tensor, named: dict[str, tuple[str, torch.Tensor]]):
+        """``named`` maps each column of the kind to (full tensor name, tensor)."""
+        spec = NODE_KINDS[kind]
+        start = self.rows.get(kind, 0)
+        self.rows[kind] = start + nodes.numel()
+        feats = torch.stack([named[c][1].detach().reshape(-1) for c in spec.columns], dim=1)
+        self.record_parts.setdefault(kind, []).append((nodes, feats))
+        for col, (c, trainable) in enumerate(zip(spec.columns, spec.trainable)):
+            name, t = named[c]
+            self.slots.append(Slot(name, kind, start, start + nodes.numel(), tuple(t.shape), col, trainable))
+
+    def build(self) -> NetworkGraph:
+        role = torch.zeros(self.spaces.num_nodes, dtype=torch.long)
+        set_of_node = self.spaces.set_of_node
+        for s in self.input_sets:
+            role[set_of_node == s] = ROLE_INPUT
+        for s in range(len(self.spaces.set_names)):
+            if s not in self.input_sets and s not in self.spaces.consumed_sets:
+                role[set_of_node == s] = ROLE_OUTPUT
+        edges = {k: EdgeSet(torch.cat([p[0] for p in v], 1), torch.cat([p[1] for p in v], 0))
+                 for k, v in self.edge_parts.items()}
+        records = {k: RecordSet(torch.cat([p[0] for p in v]), torch.cat([p[1] for p in v], 0))
+                   for k, v in self.record_parts.items()}
+        return NetworkGraph(role, set_of_node.clone(), list(self.spaces.set_names), edges, records, self.slots,
+                            self.static)
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _add_conv(b: _GraphBuilder, path: str, m: nn.modules.conv._ConvNd):
+    if m.transposed:
+        raise UnsupportedModuleError(path, m, "transposed convolutions are not supported")
+    w = m.weight.detach()
+    out_nodes = b.nodes(path, m, "out", m.out_channels)
+    in_nodes = b.nodes(path, m, "in", m.in_channels)
+    out_per_group, in_per_group = m.out_channels // m.groups, m.in_channels // m.groups
+    o = torch.arange(m.out_channels).repeat_interleave(in_per_group)
+    i_local = torch.arange(in_per_group).repeat(m.out_channels)
+    src = in_nodes[(o // out_per_group) * in_per_group + i_local]  # grouped convs only connect inside a group
+    kind = edge_kind_for_kernel(tuple(m.kernel_size))
+    b.add_edges(_join(path, "weight"), kind, src, out_nodes[o], w.reshape(m.out_channels * in_per_group, -1), w.shape)
+    if m.bias is not None:
+        b.add_records("bias", out_nodes, {"bias": (_join(path, "bias"), m.bias)})
+
+
+def _add_linear(b: _GraphBuilder, path: str, m: nn.Linear):
+    w = m.weight.detach()
+    out_nodes = b.nodes(path, m, "out", m.out_features)
+    in_nodes = b.nodes(path, m, "in", m.in_features)
+    # After a flatten, each channel feeds several consecutive input features (channel-major order).
+    channels = torch.unique_consecutive(in_nodes)
+    positions = m.in_features // channels.numel()
+    if positions * channels.numel() != m.in_features or not torch.equal(
+            in_nodes, channels.repeat_interleave(positions)):
+        raise UnsupportedModuleError(path, m, "its input features do not map to whole channels in order")
+    kind = "1x1" if positions == 1 else f"flat{positions}"
+    o = torch.arange(m.out_features).repeat_interleave(channels.numel())
+    src = channels.repeat(m.out_features)
+    b.add_edges(_join(path, "weight"), kind, src, out_nodes[o], w.reshape(-1, positions), w.shape)
+    if m.bias is not None:
+        b.add_records("bias", out_nodes, {"bias": (_join(path, "bias"), m.bias)})
+
+
+def _add_norm(b: _GraphBuilder, path: str, m: nn.Module):
+    if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) != 1:
+        raise UnsupportedModuleError(path, m, "LayerNorm over more than one dimension")
+    tensors = {n: t for n, t in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False))
+               if t is not None}
+    size = next(iter(t for n, t in tensors.items() if n != "num_batches_tracked")).shape[0]
+    nodes = b.nodes(path, m, "out", size)
+    if "num_batches_tracked" in tensors:  # a step counter, not a per-channel value
+        b.static[_join(path, "num_batches_tracked")] = tensors.pop("num_batches_tracked").clone()
+    for kind, spec in NODE_KINDS.items():
+        if set(spec.columns) == set(tensors):
+            b.add_records(kind, nodes, {n: (_join(path, n), t) for n, t in tensors.items()})
+            return
+    raise UnsupportedModuleError(path, m, f"unexpected per-channel tensors {sorted(tensors)}")
+
+
+_HANDLERS = (
+    (nn.modules.conv._ConvNd, _add_conv),
+    (nn.Linear, _add_linear),
+    (nn.modules.batchnorm._BatchNorm, _add_norm),
+    (nn.LayerNorm, _add_norm),
+    (nn.GroupNorm, _add_norm),
+)
+
+
+def _check_float(model: nn.Module):
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if name.endswith("num_batches_tracked"):
+            continue
+        if not t.is_floating_point():
+            raise TypeError(f"only floating-point models are supported; '{name}' has dtype {t.dtype}")
+
+
+def model_to_graph(model: nn.Module, example_inputs: Any) -> NetworkGraph:
+    """Trace ``model`` and represent every parameter and buffer of it in a :class:`NetworkGraph`.
+
+    Raises :class:`UnsupportedModuleError` naming the first module whose parameters cannot be represented.
+    """
+    _check_float(model)
+    spaces = trace_channel_spaces(model, example_inputs)
+    b = _GraphBuilder(spaces)
+    for path, module in model.named_modules():
+        own = [n for n, p in module.named_parameters(recurse=False) if p is not None]
+        if not own:
+            continue
+        handler = next((h for t, h in _HANDLERS if isinstance(module, t)), None)
+        if handler is not None:
+            handler(b, path, module)
+            continue
+        for n in own:  # loose parameters, e.g. a layer-scale gamma that Torch-Pruning traced as a 1-D tensor
+            name = _join(path, n)
+            nodes = spaces.params.get(name)
+            p = getattr(module, n)
+            if nodes is None or p.dim() != 1 or (nodes < 0).any():
+                raise UnsupportedModuleError(path, module, f"parameter '{n}' of shape {tuple(p.shape)}")
+            b.add_records("scale", nodes, {"weight": (name, p)})
+    graph = b.build()
+    _check_coverage(model, graph)
+    return graph
+
+
+def _check_coverage(model: nn.Module, graph: NetworkGraph):
+    covered = {s.name for s in graph.slots} | set(graph.static_buffers)
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if name not in covered:
+            path = name.rsplit(".", 1)[0] if "." in name else ""
+            module = model.get_submodule(path)
+            raise UnsupportedModuleError(path, module, f"tensor '{name}' is not represented in the graph")
+    total = sum(p.numel() for p in model.parameters())
+    if graph.num_covered_parameters != total:
+        raise RuntimeError(f"graph covers {graph.num_covered_parameters} parameters, model has {total}")
+
+
+def graph_to_model(graph: NetworkGraph, model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (the architecture template) whose parameters and buffers all come from ``graph``."""
+    new = copy.deepcopy(model)
+    tensors = graph.tensors()
+    state = new.state_dict(keep_vars=True)
+    for name, t in tensors.items():
+        if name not in state or tuple(state[name].shape) != tuple(t.shape):
+            have = tuple(state[name].shape) if name in state else None
+            raise ValueError(f"graph does not match the template model: '{name}' has shape {tuple(t.shape)} in the "
+                             f"graph and {have} in the model; was the graph built from another architecture?")
+    with torch.no_grad():
+        for name, t in tensors.items():
+            state[name].copy_(t.detach())
+    return new
