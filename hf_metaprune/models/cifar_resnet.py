@@ -94,4 +94,7 @@ def _create(depth: int, pretrained: bool, **kwargs) -> CifarResNet:
         raise ValueError("no pretrained CIFAR ResNet weights are published with hf_metaprune; use pretrained=False")
     kwargs.pop("pretrained_cfg", None)
     kwargs.pop("pretrained_cfg_overlay", None)
-    return CifarResNet(depth=depth, **kwargs)
+    model = CifarResNet(depth=depth, **kwargs)
+    model.pretrained_cfg = {"architecture": f"cifar_resnet{depth}", "num_classes": model.num_classes,
+                            "input_size": (3, 32, 32)}
+    return model

@@ -40,4 +40,7 @@ def cifar_vgg19_bn(pretrained: bool = False, **kwargs) -> CifarVGG:
         raise ValueError("no pretrained CIFAR VGG weights are published with hf_metaprune; use pretrained=False")
     kwargs.pop("pretrained_cfg", None)
     kwargs.pop("pretrained_cfg_overlay", None)
-    return CifarVGG(**kwargs)
+    model = CifarVGG(**kwargs)
+    model.pretrained_cfg = {"architecture": "cifar_vgg19_bn", "num_classes": model.num_classes,
+                            "input_size": (3, 32, 32)}
+    return model

@@ -1,0 +1,188 @@
+"""The graph metanetwork: a message-passing GNN mapping a network's graph to a more prunable network.
+
+Node states are channels, edge states are weight slices. Each layer sends messages along every edge in both
+directions (separate MLPs, so direction is distinguishable), pools them with several aggregations, updates
+nodes, then updates edges from their endpoints. Decoders emit Δ per weight entry and the output is
+``W' = W + ε·Δ``. Everything is per-node / per-edge plus permutation-invariant pooling, so permuting the
+channels of a hidden layer permutes the output network the same way.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch_geometric.nn import MessagePassing
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+
+from .configuration_metapruner import MetaPrunerConfig
+from .graph import NODE_KINDS, NetworkGraph, edge_kind_size, graph_to_model, model_to_graph
+
+NUM_ROLES = 3
+
+
+def _mlp(in_dim: int, hidden: int, out_dim: int, norm: bool = True) -> nn.Sequential:
+    layers = [nn.Linear(in_dim, hidden)]
+    if norm:
+        layers.append(nn.LayerNorm(hidden))
+    return nn.Sequential(*layers, nn.SiLU(), nn.Linear(hidden, out_dim))
+
+
+class EdgeMLP(nn.Module):
+    """MLP on ``[edge, source node, target node]`` without materialising the concatenation.
+
+    The first linear layer is split into three, so node projections are computed once per node and
+    gathered per edge: an ``[E, 3H]`` tensor never exists (ResNet-50 has ~10⁷ edges).
+    """
+
+    def __init__(self, hidden: int, out_dim: int, norm: bool = True):
+        super().__init__()
+        self.edge = nn.Linear(hidden, hidden)
+        self.source = nn.Linear(hidden, hidden, bias=False)
+        self.target = nn.Linear(hidden, hidden, bias=False)
+        self.norm = nn.LayerNorm(hidden) if norm else nn.Identity()
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, out_dim))
+
+    def pre(self, h_source: torch.Tensor, e: torch.Tensor, h_target: torch.Tensor) -> torch.Tensor:
+        return self.out(self.norm(self.edge(e) + h_source + h_target))
+
+    def forward(self, h: torch.Tensor, e: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        return self.pre(self.source(h)[edge_index[0]], e, self.target(h)[edge_index[1]])
+
+
+class DirectedMessages(MessagePassing):
+    """Messages along one edge direction, pooled with several aggregations (PyG ``MultiAggregation``)."""
+
+    def __init__(self, hidden: int, aggregations: list[str]):
+        super().__init__(aggr=list(aggregations) if len(aggregations) > 1 else aggregations[0])
+        self.mlp = EdgeMLP(hidden, hidden)
+
+    def forward(self, h: torch.Tensor, edge_index: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        n = h.shape[0]
+        return self.propagate(edge_index, x=(self.mlp.source(h), self.mlp.target(h)), e=e, size=(n, n))
+
+    def message(self, x_j: torch.Tensor, x_i: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        return self.mlp.pre(x_j, e, x_i)
+
+
+class MetaLayer(nn.Module):
+    def __init__(self, hidden: int, aggregations: list[str]):
+        super().__init__()
+        self.forward_messages = DirectedMessages(hidden, aggregations)
+        self.backward_messages = DirectedMessages(hidden, aggregations)
+        self.node_update = _mlp(hidden * (1 + 2 * len(aggregations)), hidden, hidden)
+        self.edge_update = EdgeMLP(hidden, hidden)
+
+    def forward(self, h: torch.Tensor, e: torch.Tensor, edge_index: torch.Tensor):
+        m_fwd = self.forward_messages(h, edge_index, e)
+        m_bwd = self.backward_messages(h, edge_index.flip(0), e)
+        h = h + self.node_update(torch.cat([h, m_fwd, m_bwd], dim=-1))
+        e = e + self.edge_update(h, e, edge_index)
+        return h, e
+
+
+class MetaPrunerPreTrainedModel(PreTrainedModel):
+    config_class = MetaPrunerConfig
+    base_model_prefix = "metapruner"
+    main_input_name = "graph"
+
+    def _init_weights(self, module: nn.Module):
+        if isinstance(module, nn.Linear):
+            module.reset_parameters()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=1.0)
+
+
+class MetaPrunerModel(MetaPrunerPreTrainedModel):
+    """Graph metanetwork ``M``: ``W' = G⁻¹(M(G(W)))`` with the same architecture as ``W``.
+
+    Use :meth:`transform` for a transformed copy of a network and :meth:`prune` for transform + structured
+    pruning to a MACs speed-up.
+    """
+
+    def __init__(self, config: MetaPrunerConfig):
+        super().__init__(config)
+        h = config.hidden_size
+        self.role_embedding = nn.Embedding(NUM_ROLES, h)
+        self.edge_encoders = nn.ModuleDict({k: _mlp(edge_kind_size(k), h, h, norm=False) for k in config.edge_kinds})
+        self.record_encoders = nn.ModuleDict(
+            {k: _mlp(len(NODE_KINDS[k].columns), h, h, norm=False) for k in config.node_kinds})
+        self.layers = nn.ModuleList([MetaLayer(h, config.aggregations) for _ in range(config.num_layers)])
+        self.edge_decoders = nn.ModuleDict({k: EdgeMLP(h, edge_kind_size(k), norm=False) for k in config.edge_kinds})
+        self.record_decoders = nn.ModuleDict(
+            {k: _mlp(2 * h, h, len(NODE_KINDS[k].columns), norm=False) for k in config.node_kinds})
+        self.post_init()
+
+    def check_graph(self, graph: NetworkGraph) -> None:
+        missing = [k for k in graph.edges if k not in self.edge_encoders]
+        missing += [k for k in graph.records if k not in self.record_encoders]
+        if missing:
+            raise ValueError(f"this metanetwork has no encoder for the graph's feature kinds {missing}; it supports "
+                             f"edges {list(self.edge_encoders)} and records {list(self.record_encoders)}")
+
+    def forward(self, graph: NetworkGraph) -> NetworkGraph:
+        """Return the graph of the transformed network (differentiable w.r.t. the metanetwork)."""
+        self.check_graph(graph)
+        h = self.role_embedding(graph.node_role)
+        record_states = {}
+        for kind, rec in graph.records.items():
+            record_states[kind] = self.record_encoders[kind](_record_inputs(kind, rec.features))
+            h = h.index_add(0, rec.node, record_states[kind])
+        kinds = list(graph.edges)
+        edge_index = torch.cat([graph.edges[k].index for k in kinds], dim=1)
+        e = torch.cat([self.edge_encoders[k](graph.edges[k].features) for k in kinds], dim=0)
+        for layer in self.layers:
+            h, e = layer(h, e, edge_index)
+
+        eps = self.config.residual_scale
+        new_edges, start = {}, 0
+        for k in kinds:
+            es = graph.edges[k]
+            stop = start + es.index.shape[1]
+            delta = self.edge_decoders[k](h, e[start:stop], es.index)
+            new_edges[k] = es.features + eps * delta.to(es.features.dtype)
+            start = stop
+        new_records = {}
+        for kind, rec in graph.records.items():
+            delta = self.record_decoders[kind](torch.cat([h[rec.node], record_states[kind]], dim=-1))
+            trainable = torch.tensor(NODE_KINDS[kind].trainable, device=delta.device)
+            new_records[kind] = rec.features + eps * torch.where(trainable, delta, 0).to(rec.features.dtype)
+        return graph.with_features(new_edges, new_records)
+
+    @torch.no_grad()
+    def transform(self, model: nn.Module, example_inputs: Any) -> nn.Module:
+        """A new network of the same architecture with the metanetwork's weights (``model`` is untouched)."""
+        graph = model_to_graph(model, example_inputs)
+        new_graph = self(graph.to(self.device)).to(_device_of(model))
+        return graph_to_model(new_graph, model)
+
+    def prune(self, model: nn.Module, example_inputs: Any, speed_up: float = 2.0, **prune_kwargs):
+        """Transform ``model`` with the metanetwork, then prune it structurally to ``speed_up`` (MACs ratio).
+
+        Keyword arguments go to :func:`hf_metaprune.prune_to_speedup`. Returns a :class:`PruneResult`.
+        """
+        from .pruning import prune_to_speedup
+
+        if speed_up <= 1:
+            raise ValueError(f"speed_up must be > 1 (MACs before / MACs after), got {speed_up}")
+        return prune_to_speedup(self.transform(model, example_inputs), example_inputs, speed_up, **prune_kwargs)
+
+
+def _record_inputs(kind: str, features: torch.Tensor) -> torch.Tensor:
+    log_cols = NODE_KINDS[kind].log_scale
+    if not any(log_cols):
+        return features
+    mask = torch.tensor(log_cols, device=features.device)
+    return torch.where(mask, features.clamp_min(1e-8).log(), features)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+AutoConfig.register("metapruner", MetaPrunerConfig)
+AutoModel.register(MetaPrunerConfig, MetaPrunerModel)

@@ -1,0 +1,236 @@
+"""Global structured pruning to a target MACs speed-up on Torch-Pruning's dependency graph.
+
+Each step ranks every channel of every coupled group globally by the importance criterion (group-L2 by
+default, the DepGraph criterion) and removes the least important ones. Step sizes adapt to the remaining gap
+(estimated from per-layer MACs), so the loop ends in a few steps with the achieved speed-up in
+``[target, target·(1 + tolerance)]``: near the end, channels whose removal would overshoot are skipped.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from ..graph.tracing import ROOT_MODULE_TYPES, build_dependency_graph
+
+IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {
+    "group_l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
+    "group_l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
+    "random": lambda: tp.importance.RandomImportance(),
+}
+
+
+@dataclass
+class PruneResult:
+    """A pruned network and what pruning it achieved (MACs counted for ``example_inputs``)."""
+
+    model: nn.Module
+    macs_before: float
+    macs_after: float
+    params_before: int
+    params_after: int
+    steps: int = 0
+    widths: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def speed_up(self) -> float:
+        return self.macs_before / self.macs_after
+
+    def __repr__(self) -> str:
+        return (f"PruneResult(speed_up={self.speed_up:.3f}, macs {self.macs_before / 1e6:.2f}M -> "
+                f"{self.macs_after / 1e6:.2f}M, params {self.params_before / 1e6:.3f}M -> "
+                f"{self.params_after / 1e6:.3f}M, steps={self.steps})")
+
+
+def count_macs_and_params(model: nn.Module, example_inputs: Any) -> tuple[float, int]:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+    finally:
+        model.train(was_training)
+    return float(macs), int(params)
+
+
+def _resolve_importance(importance) -> tp.importance.Importance:
+    if importance is None:
+        importance = "group_l2"
+    if isinstance(importance, str):
+        if importance not in IMPORTANCES:
+            raise ValueError(f"unknown importance '{importance}'; choose one of {sorted(IMPORTANCES)} "
+                             "or pass a torch_pruning.importance.Importance")
+        return IMPORTANCES[importance]()
+    return importance
+
+
+@dataclass
+class _Candidate:
+    score: float
+    group_index: int
+    local_index: int
+    cost: float
+
+
+def prune_to_speedup(
+    model: nn.Module,
+    example_inputs: Any,
+    speed_up: float,
+    importance: str | tp.importance.Importance | None = "group_l2",
+    ignored_layers: list[nn.Module] | None = None,
+    tolerance: float = 0.01,
+    max_pruning_ratio: float = 0.95,
+    max_steps: int = 200,
+    inplace: bool = False,
+) -> PruneResult:
+    """Structurally prune ``model`` until MACs(before) / MACs(after) reaches ``speed_up``.
+
+    Args:
+        importance: "group_l2" (default), "group_l1", "random", or any Torch-Pruning importance.
+        ignored_layers: modules whose output channels are never pruned (output channels of the model — e.g.
+            the classifier's classes — are never pruned in any case).
+        tolerance: the achieved speed-up lands in ``[speed_up, speed_up·(1 + tolerance)]``.
+        max_pruning_ratio: at most this fraction of a group's channels is removed.
+        inplace: prune ``model`` itself instead of a copy.
+    """
+    if not speed_up > 1:
+        raise ValueError(f"speed_up must be > 1 (MACs before / MACs after), got {speed_up}")
+    if not 0 < max_pruning_ratio < 1:
+        raise ValueError(f"max_pruning_ratio must be in (0, 1), got {max_pruning_ratio}")
+    importance = _resolve_importance(importance)
+    model = model if inplace else copy.deepcopy(model)
+    macs0, params0 = count_macs_and_params(model, example_inputs)
+    target, floor = macs0 / speed_up, macs0 / (speed_up * (1 + tolerance))
+    dg = build_dependency_graph(model, example_inputs)
+    ignored = set(ignored_layers or [])
+    initial: dict[int, int] = {}
+    macs, steps = macs0, 0
+    while macs > target:
+        if steps >= max_steps:
+            raise RuntimeError(f"did not reach {speed_up}x in {max_steps} steps (at {macs0 / macs:.3f}x)")
+        groups = _prunable_groups(dg, ignored)
+        layer_macs = _layer_macs(model, example_inputs)
+        candidates = []
+        for gi, group in enumerate(groups):
+            candidates += _group_candidates(dg, group, gi, importance, layer_macs, initial, max_pruning_ratio)
+        chosen = _choose(candidates, need=macs - target, room=macs - floor)
+        if not chosen:
+            reason = "no prunable channels are left" if not candidates else \
+                "every remaining channel would overshoot the tolerance"
+            raise ValueError(f"cannot reach a speed-up of {speed_up}x: stopped at {macs0 / macs:.3f}x because "
+                             f"{reason} (max_pruning_ratio={max_pruning_ratio})")
+        for gi, locals_ in _by_group(chosen).items():
+            group, n_ch = groups[gi], _channel_groups(groups[gi])
+            size = len(group[0].idxs) // n_ch
+            idxs = sorted(li + g * size for li in locals_ for g in range(n_ch))
+            dg.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs).prune()
+        macs, _ = count_macs_and_params(model, example_inputs)
+        steps += 1
+    macs_after, params_after = count_macs_and_params(model, example_inputs)
+    return PruneResult(model, macs0, macs_after, params0, params_after, steps, module_widths(model))
+
+
+def _prunable_groups(dg: tp.DependencyGraph, ignored: set[nn.Module]) -> list:
+    """Groups whose channels feed another layer: a model's outputs (e.g. class logits) are never pruned."""
+    groups = []
+    for group in dg.get_all_groups(root_module_types=ROOT_MODULE_TYPES):
+        if any(item.dep.target.module in ignored and dg.is_out_channel_pruning_fn(item.dep.handler)
+               for item in group):
+            continue
+        if any(isinstance(item.dep.target.module, nn.Module) and not dg.is_out_channel_pruning_fn(item.dep.handler)
+               and isinstance(item.dep.target.module, ROOT_MODULE_TYPES) for item in group):
+            groups.append(group)
+    return groups
+
+
+def _channel_groups(group) -> int:
+    """Grouped (non-depthwise) convs force pruning the same local channel in every conv group."""
+    n = 1
+    for item in group:
+        m = item.dep.target.module
+        if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups < m.out_channels:
+            n = max(n, m.groups)
+    return n
+
+
+def _layer_macs(model: nn.Module, example_inputs: Any) -> dict[nn.Module, float]:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            _, _, layer_flops, _ = tp.utils.count_ops_and_params(model, example_inputs, layer_wise=True)
+    finally:
+        model.train(was_training)
+    return {m: float(f or 0.0) for m, f in layer_flops.items()}
+
+
+def _group_candidates(dg, group, gi, importance, layer_macs, initial, max_ratio) -> list[_Candidate]:
+    n_ch = _channel_groups(group)
+    size = len(group[0].idxs) // n_ch
+    root = group[0].dep.target.module
+    initial.setdefault(id(root), size)
+    # A grouped conv left with one channel per group would turn into a depthwise conv: keep two.
+    keep_at_least = max(1 if n_ch == 1 else 2, int(round(initial[id(root)] * (1 - max_ratio))))
+    prunable = size - keep_at_least
+    if prunable <= 0:
+        return []
+    imp = importance(group)
+    if imp is None:
+        return []
+    imp = imp.detach().float().cpu().view(n_ch, size).mean(0)
+    # MACs freed by removing one channel: each layer touching the group loses 1/width of its MACs.
+    cost, seen = 0.0, set()
+    for item in group:
+        m = item.dep.target.module
+        if not isinstance(m, nn.Module) or m in seen or m not in layer_macs:
+            continue
+        seen.add(m)
+        dim = _full_dim(m, dg.is_out_channel_pruning_fn(item.dep.handler))
+        if dim:
+            cost += layer_macs[m] * (len(item.idxs) / dim) / size
+    order = torch.argsort(imp)[:prunable]
+    return [_Candidate(float(imp[i]), gi, int(i), cost) for i in order]
+
+
+def _full_dim(m: nn.Module, is_out: bool) -> int:
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return m.out_channels if is_out else m.in_channels
+    if isinstance(m, nn.Linear):
+        return m.out_features if is_out else m.in_features
+    w = getattr(m, "weight", None)
+    return int(w.shape[0]) if w is not None else 0
+
+
+def _choose(candidates: list[_Candidate], need: float, room: float) -> list[_Candidate]:
+    """Lowest-score channels first; take about half the remaining gap per step, never overshooting ``room``."""
+    chosen, acc = [], 0.0
+    for c in sorted(candidates, key=lambda c: (c.score, c.group_index, c.local_index)):
+        if acc + c.cost > room:
+            continue
+        chosen.append(c)
+        acc += c.cost
+        if acc >= 0.5 * need or acc >= need:
+            break
+    return chosen
+
+
+def _by_group(chosen: list[_Candidate]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for c in chosen:
+        out.setdefault(c.group_index, []).append(c.local_index)
+    return out
+
+
+def module_widths(model: nn.Module) -> dict[str, dict[str, int]]:
+    """Per-layer widths (in/out channels or features), the width specification of a pruned model."""
+    widths = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            widths[name] = {"in": m.in_channels, "out": m.out_channels, "groups": m.groups}
+        elif isinstance(m, nn.Linear):
+            widths[name] = {"in": m.in_features, "out": m.out_features}
+    return widths
