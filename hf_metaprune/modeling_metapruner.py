@@ -152,11 +152,11 @@ class MetaPrunerModel(MetaPrunerPreTrainedModel):
             new_records[kind] = rec.features + eps * torch.where(trainable, delta, 0).to(rec.features.dtype)
         return graph.with_features(new_edges, new_records)
 
-    @torch.no_grad()
     def transform(self, model: nn.Module, example_inputs: Any) -> nn.Module:
         """A new network of the same architecture with the metanetwork's weights (``model`` is untouched)."""
         graph = model_to_graph(model, example_inputs)
-        new_graph = self(graph.to(self.device)).to(_device_of(model))
+        with torch.no_grad():
+            new_graph = self(graph.to(self.device)).to(_device_of(model))
         return graph_to_model(new_graph, model)
 
     def prune(self, model: nn.Module, example_inputs: Any, speed_up: float = 2.0, **prune_kwargs):

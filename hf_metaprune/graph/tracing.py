@@ -45,7 +45,8 @@ def build_dependency_graph(model: nn.Module, example_inputs: Any) -> tp.Dependen
     was_training = model.training
     model.eval()
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+        with torch.enable_grad():  # Torch-Pruning traces through autograd
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
     finally:
         model.train(was_training)
 

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..graph.tracing import ROOT_MODULE_TYPES, build_dependency_graph
 
@@ -47,14 +48,32 @@ class PruneResult:
 
 
 def count_macs_and_params(model: nn.Module, example_inputs: Any) -> tuple[float, int]:
+    """MACs of one forward on ``example_inputs`` (convolutions and matrix products) and parameter count."""
+    macs, _ = _count_macs(model, example_inputs)
+    return macs, sum(p.numel() for p in model.parameters())
+
+
+def _count_macs(model: nn.Module, example_inputs: Any) -> tuple[float, dict[nn.Module, float]]:
+    """Total and per-module MACs, counted by PyTorch's ``FlopCounterMode`` (no model copy, FLOPs / 2)."""
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            _call(model, example_inputs)
     finally:
         model.train(was_training)
-    return float(macs), int(params)
+    by_name = {name.split(".", 1)[1]: sum(ops.values()) / 2 for name, ops in counter.get_flop_counts().items()
+               if "." in name}
+    per_module = {m: by_name.get(n, 0.0) for n, m in model.named_modules() if n}
+    return counter.get_total_flops() / 2, per_module
+
+
+def _call(model: nn.Module, example_inputs: Any):
+    if isinstance(example_inputs, dict):
+        return model(**example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return model(*example_inputs)
+    return model(example_inputs)
 
 
 def _resolve_importance(importance) -> tp.importance.Importance:
@@ -108,12 +127,12 @@ def prune_to_speedup(
     dg = build_dependency_graph(model, example_inputs)
     ignored = set(ignored_layers or [])
     initial: dict[int, int] = {}
-    macs, steps = macs0, 0
+    steps = 0
+    macs, layer_macs = _count_macs(model, example_inputs)
     while macs > target:
         if steps >= max_steps:
             raise RuntimeError(f"did not reach {speed_up}x in {max_steps} steps (at {macs0 / macs:.3f}x)")
         groups = _prunable_groups(dg, ignored)
-        layer_macs = _layer_macs(model, example_inputs)
         candidates = []
         for gi, group in enumerate(groups):
             candidates += _group_candidates(dg, group, gi, importance, layer_macs, initial, max_pruning_ratio)
@@ -128,7 +147,7 @@ def prune_to_speedup(
             size = len(group[0].idxs) // n_ch
             idxs = sorted(li + g * size for li in locals_ for g in range(n_ch))
             dg.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs).prune()
-        macs, _ = count_macs_and_params(model, example_inputs)
+        macs, layer_macs = _count_macs(model, example_inputs)
         steps += 1
     macs_after, params_after = count_macs_and_params(model, example_inputs)
     return PruneResult(model, macs0, macs_after, params0, params_after, steps, module_widths(model))
@@ -155,17 +174,6 @@ def _channel_groups(group) -> int:
         if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups < m.out_channels:
             n = max(n, m.groups)
     return n
-
-
-def _layer_macs(model: nn.Module, example_inputs: Any) -> dict[nn.Module, float]:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            _, _, layer_flops, _ = tp.utils.count_ops_and_params(model, example_inputs, layer_wise=True)
-    finally:
-        model.train(was_training)
-    return {m: float(f or 0.0) for m, f in layer_flops.items()}
 
 
 def _group_candidates(dg, group, gi, importance, layer_macs, initial, max_ratio) -> list[_Candidate]:
