@@ -29,7 +29,7 @@ NODE_KINDS: dict[str, NodeKind] = {
     "bias": NodeKind(("bias",), (True,)),
 }
 
-DEFAULT_EDGE_KINDS = ("1x1", "3x3", "5x5", "7x7")
+DEFAULT_EDGE_KINDS = ("1x1", "2x2", "3x3", "4x4", "5x5", "7x7")
 
 
 def edge_kind_for_kernel(kernel_size: tuple[int, ...]) -> str:

@@ -78,7 +78,15 @@ def trace_channel_spaces(model: nn.Module, example_inputs: Any, dg: tp.Dependenc
                 continue  # parameter-free ops (add, relu, reshape, pooling) carry no weights
             mapping = store.setdefault(key, torch.full((size,), -1, dtype=torch.long))
             mapping[idxs] = node_ids
+            if _is_depthwise(target):  # Torch-Pruning merges a depthwise conv's input and output channels
+                spaces.dims[(key[0], "in")] = mapping
+                spaces.consumed_sets.add(set_id)
     return spaces
+
+
+def _is_depthwise(module) -> bool:
+    return isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.out_channels > 1 \
+        and module.in_channels == module.out_channels
 
 
 def _dim_size(module: nn.Module, is_out: bool) -> int:

@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="hf_metaprune",
+    version="0.1.0",
+    description="Meta-learned structured pruning with graph metanetworks, Hugging Face native",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["hf_metaprune", "hf_metaprune.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.3",
+        "torchvision",
+        "timm>=1.0",
+        "transformers>=5.0",
+        "accelerate>=1.0",
+        "datasets>=3.0",
+        "huggingface-hub>=1.0",
+        "torch-geometric>=2.5",
+        "evaluate>=0.4",
+        "torch-pruning>=1.5",
+        "safetensors>=0.4",
+    ],
+    extras_require={"dev": ["pytest>=8"]},
+)
