@@ -86,6 +86,22 @@ class MetaPrunerPreTrainedModel(PreTrainedModel):
     base_model_prefix = "metapruner"
     main_input_name = "graph"
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """Like ``PreTrainedModel.from_pretrained``, but a checkpoint that does not fit is an error.
+
+        transformers re-initialises mismatched or missing weights with only a warning; for a metanetwork that
+        would silently produce a different pruner, so we refuse instead.
+        """
+        want_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        problems = {k: sorted(map(str, v))[:5] for k, v in info.items()
+                    if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+        if problems:
+            raise ValueError(f"checkpoint does not match the {cls.__name__} config (size mismatch or missing "
+                             f"weights): {problems}")
+        return (model, info) if want_info else model
+
     def _init_weights(self, module: nn.Module):
         if isinstance(module, nn.Linear):
             module.reset_parameters()

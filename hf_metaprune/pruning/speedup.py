@@ -121,11 +121,15 @@ def prune_to_speedup(
     if not 0 < max_pruning_ratio < 1:
         raise ValueError(f"max_pruning_ratio must be in (0, 1), got {max_pruning_ratio}")
     importance = _resolve_importance(importance)
+    names = {m: n for n, m in model.named_modules()}
+    ignored_names = [names[m] for m in ignored_layers or [] if m in names]
+    if len(ignored_names) != len(ignored_layers or []):
+        raise ValueError("ignored_layers must be submodules of model")
     model = model if inplace else copy.deepcopy(model)
     macs0, params0 = count_macs_and_params(model, example_inputs)
     target, floor = macs0 / speed_up, macs0 / (speed_up * (1 + tolerance))
     dg = build_dependency_graph(model, example_inputs)
-    ignored = set(ignored_layers or [])
+    ignored = {model.get_submodule(n) for n in ignored_names}
     initial: dict[int, int] = {}
     steps = 0
     macs, layer_macs = _count_macs(model, example_inputs)
