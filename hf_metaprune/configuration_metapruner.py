@@ -18,6 +18,7 @@ class MetaPrunerConfig(PretrainedConfig):
             "flatK" for a linear layer reading K spatial positions per channel). Keep this to the kinds the
             target family uses, so that no parameter is left unused during distributed training.
         node_kinds: per-channel record kinds (see ``hf_metaprune.graph.NODE_KINDS``).
+        edge_chunk_size: edges processed at once by the edge MLPs (speed and memory only; results identical).
         criterion: the pruning criterion the metanetwork was trained for.
         base_architecture / dataset / target_speed_ups: metadata for the model card.
     """
@@ -32,6 +33,7 @@ class MetaPrunerConfig(PretrainedConfig):
         residual_scale: float = 0.01,
         edge_kinds: tuple[str, ...] | list[str] = DEFAULT_EDGE_KINDS,
         node_kinds: tuple[str, ...] | list[str] = tuple(NODE_KINDS),
+        edge_chunk_size: int = 32768,
         criterion: str = "group_l2",
         base_architecture: str | None = None,
         dataset: str | None = None,
@@ -49,6 +51,7 @@ class MetaPrunerConfig(PretrainedConfig):
         self.residual_scale = residual_scale
         self.edge_kinds = list(edge_kinds)
         self.node_kinds = list(node_kinds)
+        self.edge_chunk_size = edge_chunk_size
         self.criterion = criterion
         self.base_architecture = base_architecture
         self.dataset = dataset

@@ -29,49 +29,61 @@ def _mlp(in_dim: int, hidden: int, out_dim: int, norm: bool = True) -> nn.Sequen
 
 
 class EdgeMLP(nn.Module):
-    """MLP on ``[edge, source node, target node]`` without materialising the concatenation.
+    """MLP on ``[edge, source node, target node]``, computed in chunks of edges.
 
-    The first linear layer is split into three, so node projections are computed once per node and
-    gathered per edge: an ``[E, 3H]`` tensor never exists (ResNet-50 has ~10⁷ edges).
+    The first linear layer is split into three, so node projections are computed once per node and gathered
+    per edge: an ``[E, 3H]`` tensor never exists. Edges are processed ``chunk_size`` at a time so the
+    intermediate activations stay in cache (ResNet-50 has ~1.5·10⁷ edges; whole-tensor ops are memory-bound).
     """
 
-    def __init__(self, hidden: int, out_dim: int, norm: bool = True):
+    def __init__(self, hidden: int, out_dim: int, norm: bool = True, chunk_size: int = 32768):
         super().__init__()
         self.edge = nn.Linear(hidden, hidden)
         self.source = nn.Linear(hidden, hidden, bias=False)
         self.target = nn.Linear(hidden, hidden, bias=False)
         self.norm = nn.LayerNorm(hidden) if norm else nn.Identity()
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, out_dim))
-
-    def pre(self, h_source: torch.Tensor, e: torch.Tensor, h_target: torch.Tensor) -> torch.Tensor:
-        return self.out(self.norm(self.edge(e) + h_source + h_target))
+        self.chunk_size = chunk_size
 
     def forward(self, h: torch.Tensor, e: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-        return self.pre(self.source(h)[edge_index[0]], e, self.target(h)[edge_index[1]])
+        h_source, h_target = self.source(h), self.target(h)
+        src, dst = edge_index
+        num_edges, step = e.shape[0], self.chunk_size
+        chunks = (self._chunk(h_source, h_target, e, src, dst, i, i + step) for i in range(0, num_edges, step))
+        if torch.is_grad_enabled():
+            return torch.cat(list(chunks)) if num_edges > step else self._chunk(h_source, h_target, e, src, dst)
+        out = e.new_empty(num_edges, self.out[-1].out_features)
+        for i, chunk in zip(range(0, num_edges, step), chunks):
+            out[i:i + step] = chunk
+        return out
+
+    def _chunk(self, h_source, h_target, e, src, dst, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        x = self.edge(e[start:stop]).add_(h_source[src[start:stop]]).add_(h_target[dst[start:stop]])
+        return self.out(self.norm(x))
 
 
 class DirectedMessages(MessagePassing):
     """Messages along one edge direction, pooled with several aggregations (PyG ``MultiAggregation``)."""
 
-    def __init__(self, hidden: int, aggregations: list[str]):
+    def __init__(self, hidden: int, aggregations: list[str], chunk_size: int):
         super().__init__(aggr=list(aggregations) if len(aggregations) > 1 else aggregations[0])
-        self.mlp = EdgeMLP(hidden, hidden)
+        self.mlp = EdgeMLP(hidden, hidden, chunk_size=chunk_size)
 
     def forward(self, h: torch.Tensor, edge_index: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         n = h.shape[0]
-        return self.propagate(edge_index, x=(self.mlp.source(h), self.mlp.target(h)), e=e, size=(n, n))
+        return self.propagate(edge_index, h=h, e=e, size=(n, n))
 
-    def message(self, x_j: torch.Tensor, x_i: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        return self.mlp.pre(x_j, e, x_i)
+    def message(self, h: torch.Tensor, e: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        return self.mlp(h, e, edge_index)
 
 
 class MetaLayer(nn.Module):
-    def __init__(self, hidden: int, aggregations: list[str]):
+    def __init__(self, hidden: int, aggregations: list[str], chunk_size: int):
         super().__init__()
-        self.forward_messages = DirectedMessages(hidden, aggregations)
-        self.backward_messages = DirectedMessages(hidden, aggregations)
+        self.forward_messages = DirectedMessages(hidden, aggregations, chunk_size)
+        self.backward_messages = DirectedMessages(hidden, aggregations, chunk_size)
         self.node_update = _mlp(hidden * (1 + 2 * len(aggregations)), hidden, hidden)
-        self.edge_update = EdgeMLP(hidden, hidden)
+        self.edge_update = EdgeMLP(hidden, hidden, chunk_size=chunk_size)
 
     def forward(self, h: torch.Tensor, e: torch.Tensor, edge_index: torch.Tensor):
         m_fwd = self.forward_messages(h, edge_index, e)
@@ -126,8 +138,10 @@ class MetaPrunerModel(MetaPrunerPreTrainedModel):
         self.edge_encoders = nn.ModuleDict({k: _mlp(edge_kind_size(k), h, h, norm=False) for k in config.edge_kinds})
         self.record_encoders = nn.ModuleDict(
             {k: _mlp(len(NODE_KINDS[k].columns), h, h, norm=False) for k in config.node_kinds})
-        self.layers = nn.ModuleList([MetaLayer(h, config.aggregations) for _ in range(config.num_layers)])
-        self.edge_decoders = nn.ModuleDict({k: EdgeMLP(h, edge_kind_size(k), norm=False) for k in config.edge_kinds})
+        chunk = config.edge_chunk_size
+        self.layers = nn.ModuleList([MetaLayer(h, config.aggregations, chunk) for _ in range(config.num_layers)])
+        self.edge_decoders = nn.ModuleDict(
+            {k: EdgeMLP(h, edge_kind_size(k), norm=False, chunk_size=chunk) for k in config.edge_kinds})
         self.record_decoders = nn.ModuleDict(
             {k: _mlp(2 * h, h, len(NODE_KINDS[k].columns), norm=False) for k in config.node_kinds})
         self.post_init()

@@ -125,3 +125,18 @@ def test_prune_reaches_target_and_keeps_classes():
     assert result.model(torch.randn(4, 3, 32, 32)).shape == (4, 10)
     with pytest.raises(ValueError, match="speed_up must be > 1"):
         _metapruner().prune(model, x, speed_up=1.0)
+
+
+def test_edge_chunking_does_not_change_results():
+    model = make_model("cifar_resnet20")
+    x = example_input(32)
+    small = MetaPrunerModel(MetaPrunerConfig(hidden_size=8, num_layers=2, edge_chunk_size=1000)).eval()
+    big = MetaPrunerModel(MetaPrunerConfig(hidden_size=8, num_layers=2, edge_chunk_size=10**7)).eval()
+    big.load_state_dict(small.state_dict())
+    a, b = small.transform(model, x), big.transform(model, x)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(va, vb, atol=1e-6, rtol=1e-5, msg=k)
+    graph = model_to_graph(model, x)  # the differentiable path chunks too
+    grads = torch.autograd.grad(sum(e.features.sum() for e in small(graph).edges.values()),
+                                list(small.parameters()), allow_unused=True)
+    assert all(g is not None for g in grads)

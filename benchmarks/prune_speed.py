@@ -1,0 +1,117 @@
+"""Prune-time cost and the real CPU speed-up of pruned models.
+
+For each model: graph build, metanetwork forward, pruning to the target MACs speed-up (the three stages of
+``MetaPrunerModel.prune``), peak memory (RSS high-water mark of this process), and CPU latency of the pruned vs
+the original model at batch 64, measured interleaved in one run.
+
+    python benchmarks/prune_speed.py                      # cifar_resnet56 and resnet50, 2.3x
+    python benchmarks/prune_speed.py --models cifar_resnet56 --speed-up 3.0 --out results/prune_speed.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import time
+
+import timm
+import torch
+
+import hf_metaprune as hm
+from hf_metaprune.pruning import prune_to_speedup
+
+# Published metanetwork sizes (DESIGN.md): ResNet-56 8 layers x 64 hidden, ResNet-50 6 x 16.
+METANET = {"cifar_resnet56": dict(num_layers=8, hidden_size=64), "resnet50": dict(num_layers=6, hidden_size=16)}
+RESOLUTION = {"cifar_resnet56": 32, "resnet50": 224}
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def latency_ms(models: dict, x: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Median latency per model, alternating models every repeat so drift affects both equally."""
+    times = {k: [] for k in models}
+    with torch.inference_mode():
+        for m in models.values():
+            m(x)
+        for _ in range(repeats):
+            for k, m in models.items():
+                t = time.perf_counter()
+                m(x)
+                times[k].append((time.perf_counter() - t) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def run(name: str, speed_up: float, batch: int, repeats: int) -> dict:
+    torch.manual_seed(0)
+    res = RESOLUTION.get(name, 224)
+    model = timm.create_model(name, pretrained=False, num_classes=10 if name.startswith("cifar") else 1000).eval()
+    x1 = torch.randn(1, 3, res, res)
+    metanet = hm.MetaPrunerModel(hm.MetaPrunerConfig(**METANET.get(name, {}))).eval()
+
+    t0 = time.perf_counter()
+    graph = hm.model_to_graph(model, x1)
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        new_graph = metanet(graph)
+    transformed = hm.graph_to_model(new_graph, model)
+    t2 = time.perf_counter()
+    result = prune_to_speedup(transformed, x1, speed_up)
+    t3 = time.perf_counter()
+
+    xb = torch.randn(batch, 3, res, res)
+    lat = latency_ms({"original": model, "pruned": result.model.eval()}, xb, repeats)
+    return {
+        "model": name,
+        "target_speed_up": speed_up,
+        "achieved_macs_speed_up": round(result.speed_up, 4),
+        "graph_nodes": graph.num_nodes,
+        "graph_edges": graph.num_edges,
+        "metanetwork": METANET.get(name, {}),
+        "graph_build_s": round(t1 - t0, 3),
+        "metanetwork_forward_s": round(t2 - t1, 3),
+        "prune_s": round(t3 - t2, 3),
+        "total_prune_call_s": round(t3 - t0, 3),
+        "pruning_steps": result.steps,
+        "macs_before_M": round(result.macs_before / 1e6, 2),
+        "macs_after_M": round(result.macs_after / 1e6, 2),
+        "params_before_M": round(result.params_before / 1e6, 3),
+        "params_after_M": round(result.params_after / 1e6, 3),
+        "latency_original_ms": round(lat["original"], 2),
+        "latency_pruned_ms": round(lat["pruned"], 2),
+        "measured_speed_up": round(lat["original"] / lat["pruned"], 3),
+        "peak_rss_GiB_so_far": round(peak_rss_gib(), 2),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["cifar_resnet56", "resnet50"])
+    parser.add_argument("--speed-up", type=float, default=2.3)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", default="results/prune_speed.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    rows = [run(name, args.speed_up, args.batch, args.repeats) for name in args.models]
+    cols = ["model", "graph_edges", "graph_build_s", "metanetwork_forward_s", "prune_s", "total_prune_call_s",
+            "achieved_macs_speed_up", "latency_original_ms", "latency_pruned_ms", "measured_speed_up",
+            "peak_rss_GiB_so_far"]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(str(r[c]) for c in cols) + " |")
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({"device": "cpu", "threads": args.threads, "torch": torch.__version__, "batch": args.batch,
+                   "rows": rows}, f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
