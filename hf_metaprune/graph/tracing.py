@@ -71,7 +71,7 @@ def trace_channel_spaces(model: nn.Module, example_inputs: Any, dg: tp.Dependenc
             elif target in module_names and any(True for _ in target.parameters(recurse=False)):
                 is_out = dg.is_out_channel_pruning_fn(item.dep.handler)
                 key, store = (module_names[target], "out" if is_out else "in"), spaces.dims
-                size = _dim_size(target, is_out)
+                size = channel_dim_size(target, is_out)
                 if not is_out:
                     spaces.consumed_sets.add(set_id)
             else:
@@ -89,12 +89,15 @@ def _is_depthwise(module) -> bool:
         and module.in_channels == module.out_channels
 
 
-def _dim_size(module: nn.Module, is_out: bool) -> int:
+def channel_dim_size(module: nn.Module, is_out: bool) -> int:
+    """Width of a module's output (``is_out``) or input channel dimension; 0 for a module with no tensors."""
     if isinstance(module, nn.modules.conv._ConvNd):
         return module.out_channels if is_out else module.in_channels
     if isinstance(module, nn.Linear):
         return module.out_features if is_out else module.in_features
     weight = getattr(module, "weight", None)
     if weight is None:
-        weight = next(module.parameters(recurse=False))
-    return weight.shape[0] if is_out else weight.shape[-1]
+        weight = next(iter(module.parameters(recurse=False)), None)
+    if weight is None:
+        return 0
+    return int(weight.shape[0] if is_out else weight.shape[-1])

@@ -16,7 +16,7 @@ import torch_pruning as tp
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..graph.tracing import ROOT_MODULE_TYPES, build_dependency_graph
+from ..graph.tracing import ROOT_MODULE_TYPES, build_dependency_graph, channel_dim_size
 
 IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {
     "group_l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
@@ -201,20 +201,11 @@ def _group_candidates(dg, group, gi, importance, layer_macs, initial, max_ratio)
         if not isinstance(m, nn.Module) or m in seen or m not in layer_macs:
             continue
         seen.add(m)
-        dim = _full_dim(m, dg.is_out_channel_pruning_fn(item.dep.handler))
+        dim = channel_dim_size(m, dg.is_out_channel_pruning_fn(item.dep.handler))
         if dim:
             cost += layer_macs[m] * (len(item.idxs) / dim) / size
     order = torch.argsort(imp)[:prunable]
     return [_Candidate(float(imp[i]), gi, int(i), cost) for i in order]
-
-
-def _full_dim(m: nn.Module, is_out: bool) -> int:
-    if isinstance(m, nn.modules.conv._ConvNd):
-        return m.out_channels if is_out else m.in_channels
-    if isinstance(m, nn.Linear):
-        return m.out_features if is_out else m.in_features
-    w = getattr(m, "weight", None)
-    return int(w.shape[0]) if w is not None else 0
 
 
 def _choose(candidates: list[_Candidate], need: float, room: float) -> list[_Candidate]:
