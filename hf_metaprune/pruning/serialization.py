@@ -87,7 +87,7 @@ def _shrink_to(model: nn.Module, widths: dict[str, dict[str, int]], state: dict[
             _shrink(pruner.prune_out_channels, m, pruner.get_out_channels(m), w["out"])
             if tp.ops.module2type(m) != tp.ops.OPTYPE.DEPTHWISE_CONV:
                 _shrink(pruner.prune_in_channels, m, pruner.get_in_channels(m), w["in"])
-        elif pruner is not None and hasattr(pruner, "prune_out_channels") and not isinstance(pruner, type(None)):
+        elif pruner is not None:
             size = next(t.shape[0] for n, t in targets.items() if t is not None and t.dim() > 0)
             _shrink(pruner.prune_out_channels, m, pruner.get_out_channels(m), size)
         else:

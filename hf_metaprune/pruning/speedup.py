@@ -153,8 +153,8 @@ def prune_to_speedup(
             dg.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs).prune()
         macs, layer_macs = _count_macs(model, example_inputs)
         steps += 1
-    macs_after, params_after = count_macs_and_params(model, example_inputs)
-    return PruneResult(model, macs0, macs_after, params0, params_after, steps, module_widths(model))
+    params_after = sum(p.numel() for p in model.parameters())  # MACs were counted at the end of the last step
+    return PruneResult(model, macs0, macs, params0, params_after, steps, module_widths(model))
 
 
 def _prunable_groups(dg: tp.DependencyGraph, ignored: set[nn.Module]) -> list:
@@ -164,8 +164,8 @@ def _prunable_groups(dg: tp.DependencyGraph, ignored: set[nn.Module]) -> list:
         if any(item.dep.target.module in ignored and dg.is_out_channel_pruning_fn(item.dep.handler)
                for item in group):
             continue
-        if any(isinstance(item.dep.target.module, nn.Module) and not dg.is_out_channel_pruning_fn(item.dep.handler)
-               and isinstance(item.dep.target.module, ROOT_MODULE_TYPES) for item in group):
+        if any(isinstance(item.dep.target.module, ROOT_MODULE_TYPES) and not dg.is_out_channel_pruning_fn(item.dep.handler)
+               for item in group):
             groups.append(group)
     return groups
 
@@ -216,7 +216,7 @@ def _choose(candidates: list[_Candidate], need: float, room: float) -> list[_Can
             continue
         chosen.append(c)
         acc += c.cost
-        if acc >= 0.5 * need or acc >= need:
+        if acc >= 0.5 * need:
             break
     return chosen
 
