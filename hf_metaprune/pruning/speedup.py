@@ -164,8 +164,8 @@ def _prunable_groups(dg: tp.DependencyGraph, ignored: set[nn.Module]) -> list:
         if any(item.dep.target.module in ignored and dg.is_out_channel_pruning_fn(item.dep.handler)
                for item in group):
             continue
-        if any(isinstance(item.dep.target.module, ROOT_MODULE_TYPES) and not dg.is_out_channel_pruning_fn(item.dep.handler)
-               for item in group):
+        consumers = (item for item in group if not dg.is_out_channel_pruning_fn(item.dep.handler))
+        if any(isinstance(item.dep.target.module, ROOT_MODULE_TYPES) for item in consumers):
             groups.append(group)
     return groups
 
