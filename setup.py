@@ -7,6 +7,7 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["hf_metaprune", "hf_metaprune.*"]),
+    package_data={"hf_metaprune": ["model_cards/*.md"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.3",
@@ -20,6 +21,7 @@ setup(
         "evaluate>=0.4",
         "torch-pruning>=1.5",
         "safetensors>=0.4",
+        "jinja2",  # model cards
     ],
     extras_require={"dev": ["pytest>=8"]},
 )

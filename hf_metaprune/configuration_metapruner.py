@@ -13,14 +13,17 @@ class MetaPrunerConfig(PretrainedConfig):
         hidden_size: width of node and edge states.
         num_layers: message-passing layers (each updates nodes, then edges).
         aggregations: how messages are pooled at a node, in both edge directions.
-        residual_scale: ε in ``W' = W + ε·Δ``; small so an untrained metanetwork is near-identity.
+        residual_scale: ε in ``W' = W + ε·Δ``: the step size of the metanetwork's edits.
+        init_identity: start the decoders at zero, so an untrained metanetwork is exactly the identity and
+            meta-training starts from the data models' accuracy whatever ε is.
         edge_kinds: weight kinds the metanetwork has an encoder/decoder for (kernel shapes, e.g. "3x3";
             "flatK" for a linear layer reading K spatial positions per channel). Keep this to the kinds the
             target family uses, so that no parameter is left unused during distributed training.
         node_kinds: per-channel record kinds (see ``hf_metaprune.graph.NODE_KINDS``).
         edge_chunk_size: edges processed at once by the edge MLPs (speed and memory only; results identical).
         criterion: the pruning criterion the metanetwork was trained for.
-        base_architecture / dataset / target_speed_ups: metadata for the model card.
+        base_architecture / dataset / target_speed_ups / num_data_models / validation_scores: what it was
+            trained for and on, and its prune-and-probe scores; written to the model card.
     """
 
     model_type = "metapruner"
@@ -31,6 +34,7 @@ class MetaPrunerConfig(PretrainedConfig):
         num_layers: int = 8,
         aggregations: tuple[str, ...] | list[str] = ("mean", "max", "min", "std"),
         residual_scale: float = 0.01,
+        init_identity: bool = True,
         edge_kinds: tuple[str, ...] | list[str] = DEFAULT_EDGE_KINDS,
         node_kinds: tuple[str, ...] | list[str] = tuple(NODE_KINDS),
         edge_chunk_size: int = 32768,
@@ -38,6 +42,8 @@ class MetaPrunerConfig(PretrainedConfig):
         base_architecture: str | None = None,
         dataset: str | None = None,
         target_speed_ups: list[float] | None = None,
+        num_data_models: int | None = None,
+        validation_scores: dict[str, float] | None = None,
         **kwargs,
     ):
         unknown = set(node_kinds) - set(NODE_KINDS)
@@ -49,6 +55,7 @@ class MetaPrunerConfig(PretrainedConfig):
         self.num_layers = num_layers
         self.aggregations = list(aggregations)
         self.residual_scale = residual_scale
+        self.init_identity = init_identity
         self.edge_kinds = list(edge_kinds)
         self.node_kinds = list(node_kinds)
         self.edge_chunk_size = edge_chunk_size
@@ -56,6 +63,8 @@ class MetaPrunerConfig(PretrainedConfig):
         self.base_architecture = base_architecture
         self.dataset = dataset
         self.target_speed_ups = list(target_speed_ups) if target_speed_ups else None
+        self.num_data_models = num_data_models
+        self.validation_scores = validation_scores
         super().__init__(**kwargs)
 
     @classmethod

@@ -8,10 +8,13 @@ channels of a hidden layer permutes the output network the same way.
 """
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Any
 
 import torch
 from torch import nn
+from huggingface_hub import HfApi
 from torch_geometric.nn import MessagePassing
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
@@ -114,6 +117,28 @@ class MetaPrunerPreTrainedModel(PreTrainedModel):
                              f"weights): {problems}")
         return (model, info) if want_info else model
 
+    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs):
+        """``PreTrainedModel.save_pretrained`` plus a README.md model card (metadata and validation scores)."""
+        super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
+        if is_main_process:
+            from .model_card import metapruner_model_card
+
+            metapruner_model_card(self.config, kwargs.get("repo_id")).save(os.path.join(save_directory, "README.md"))
+
+    def push_to_hub(self, repo_id: str, commit_message: str = "Upload metanetwork", private: bool | None = None,
+                    token: str | bool | None = None, revision: str | None = None, create_pr: bool = False,
+                    **save_kwargs) -> Any:
+        """Save to a temporary folder (weights, config, model card) and upload it.
+
+        transformers' own ``push_to_hub`` replaces README.md with a generic card; ours keeps the metanetwork's.
+        """
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, repo_id=repo_id, **save_kwargs)
+            return api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message,
+                                     revision=revision, create_pr=create_pr)
+
     def _init_weights(self, module: nn.Module):
         if isinstance(module, nn.Linear):
             module.reset_parameters()
@@ -145,6 +170,11 @@ class MetaPrunerModel(MetaPrunerPreTrainedModel):
         self.record_decoders = nn.ModuleDict(
             {k: _mlp(2 * h, h, len(NODE_KINDS[k].columns), norm=False) for k in config.node_kinds})
         self.post_init()
+        if config.init_identity:
+            for decoder in [*self.edge_decoders.values(), *self.record_decoders.values()]:
+                last = decoder.out[-1] if isinstance(decoder, EdgeMLP) else decoder[-1]
+                nn.init.zeros_(last.weight)
+                nn.init.zeros_(last.bias)
 
     def check_graph(self, graph: NetworkGraph) -> None:
         missing = [k for k in graph.edges if k not in self.edge_encoders]
@@ -153,8 +183,16 @@ class MetaPrunerModel(MetaPrunerPreTrainedModel):
             raise ValueError(f"this metanetwork has no encoder for the graph's feature kinds {missing}; it supports "
                              f"edges {list(self.edge_encoders)} and records {list(self.record_encoders)}")
 
-    def forward(self, graph: NetworkGraph) -> NetworkGraph:
-        """Return the graph of the transformed network (differentiable w.r.t. the metanetwork)."""
+    def forward(self, graph: NetworkGraph | list[NetworkGraph]) -> NetworkGraph | list[NetworkGraph]:
+        """Return the graph of the transformed network (differentiable w.r.t. the metanetwork).
+
+        A list of graphs is transformed in one call (one distributed forward for a batch of data models).
+        """
+        if isinstance(graph, (list, tuple)):
+            return [self._transform_graph(g) for g in graph]
+        return self._transform_graph(graph)
+
+    def _transform_graph(self, graph: NetworkGraph) -> NetworkGraph:
         self.check_graph(graph)
         h = self.role_embedding(graph.node_role)
         record_states = {}

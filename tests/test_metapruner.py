@@ -11,7 +11,9 @@ from conftest import example_input, make_model
 
 
 def _metapruner(**kw) -> MetaPrunerModel:
+    """Random decoders (``init_identity=False``) so Δ is not trivially zero."""
     torch.manual_seed(0)
+    kw.setdefault("init_identity", False)
     return MetaPrunerModel(MetaPrunerConfig(hidden_size=kw.pop("hidden_size", 16), num_layers=kw.pop("num_layers", 2),
                                             **kw)).eval()
 
@@ -52,6 +54,15 @@ def test_loading_a_corrupt_checkpoint_fails_clearly(tmp_path):
         MetaPrunerModel.from_pretrained(tmp_path)
 
 
+def test_default_metanetwork_starts_as_the_exact_identity():
+    model = make_model("cifar_resnet20")
+    torch.manual_seed(0)
+    new = MetaPrunerModel(MetaPrunerConfig(hidden_size=8, num_layers=1, residual_scale=1.0)).transform(
+        model, example_input(32))
+    for (k, a), b in zip(model.state_dict().items(), new.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
 def test_untrained_metanetwork_is_near_identity_and_input_untouched():
     model = make_model("cifar_resnet20")
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -81,7 +92,7 @@ def test_graph_kind_without_encoder_is_a_clear_error():
 def test_config_for_graphs_has_no_unused_parameters():
     model = make_model("cifar_resnet20")
     graph = model_to_graph(model, example_input(32))
-    mp = MetaPrunerModel(MetaPrunerConfig.for_graphs([graph], hidden_size=8, num_layers=2))
+    mp = MetaPrunerModel(MetaPrunerConfig.for_graphs([graph], hidden_size=8, num_layers=2, init_identity=False))
     out = mp(graph)
     loss = sum(e.features.sum() for e in out.edges.values()) + sum(r.features.sum() for r in out.records.values())
     loss.backward()

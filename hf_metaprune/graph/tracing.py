@@ -41,14 +41,22 @@ class ChannelSpaces:
 
 
 def build_dependency_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
-    """Trace ``model`` in eval mode (so tracing never updates BN statistics) and restore its mode."""
+    """Trace ``model`` in eval mode (so tracing never updates BN statistics) and restore its mode.
+
+    Torch-Pruning traces through autograd, so frozen parameters are unfrozen for the trace and refrozen after.
+    """
     was_training = model.training
+    frozen = [p for p in model.parameters() if not p.requires_grad]
     model.eval()
     try:
-        with torch.enable_grad():  # Torch-Pruning traces through autograd
+        for p in frozen:
+            p.requires_grad_(True)
+        with torch.enable_grad():
             return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
     finally:
         model.train(was_training)
+        for p in frozen:
+            p.requires_grad_(False)
 
 
 def trace_channel_spaces(model: nn.Module, example_inputs: Any, dg: tp.DependencyGraph | None = None) -> ChannelSpaces:

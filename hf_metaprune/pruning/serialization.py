@@ -63,14 +63,23 @@ def load_pruned(directory: str | os.PathLike, device: str | torch.device = "cpu"
         state = load_file(weights_path, device=str(device))
     except Exception as e:  # safetensors raises its own error types for truncated or corrupt files
         raise ValueError(f"{weights_path} is not a readable safetensors file: {e}") from e
-    model = timm.create_model(architecture, pretrained=False, **spec.get("model_kwargs", {}))
+    return rebuild_pruned(architecture, spec.get("model_kwargs", {}), widths, state,
+                          source=f"{weights_path} (described by {CONFIG_NAME})").to(device).eval()
+
+
+def rebuild_pruned(architecture: str, model_kwargs: dict[str, Any], widths: dict[str, dict[str, int]],
+                   state: dict[str, torch.Tensor], source: str = "the checkpoint") -> nn.Module:
+    """Create the timm ``architecture``, shrink its layers to ``widths`` and load ``state`` strictly."""
+    try:
+        model = timm.create_model(architecture, pretrained=False, **model_kwargs)
+    except RuntimeError as e:  # timm: "Unknown model"
+        raise ValueError(f"{source}: unknown architecture '{architecture}': {e}") from e
     _shrink_to(model, widths, state)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"weights in {weights_path} do not match the pruned {architecture} described by "
-                         f"{CONFIG_NAME}: {e}") from e
-    return model.to(device).eval()
+        raise ValueError(f"weights in {source} do not match the pruned {architecture} it declares: {e}") from e
+    return model
 
 
 def _shrink_to(model: nn.Module, widths: dict[str, dict[str, int]], state: dict[str, torch.Tensor]) -> None:

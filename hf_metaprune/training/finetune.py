@@ -1,0 +1,182 @@
+"""Training and finetuning of image classifiers with a 🤗 Trainer: SGD + cosine by default, optional knowledge
+distillation from an unpruned teacher and optional DepGraph sparse learning (pruning-aware finetuning).
+
+The Trainer brings Accelerate (multi-GPU, ``accelerate launch``), progress bars, logging and checkpointing; the
+best epoch is chosen on the validation split carved from the training data, never on the test split.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Trainer, TrainingArguments
+
+from ..data import ImageClassificationData, TensorImageDataset, accuracy
+from .objectives import ChannelGroups, sparsity_penalty
+
+
+class ClassifierWithLoss(nn.Module):
+    """Adapts a plain classifier (timm / CIFAR CNN) to the Trainer's ``(pixel_values, labels) -> loss`` interface."""
+
+    def __init__(self, model: nn.Module, channels_last: bool = True):
+        super().__init__()
+        self.model = model
+        self.channels_last = channels_last
+        if channels_last:  # ~1.5x faster convolutions on CPU; weights are converted back after training
+            model.to(memory_format=torch.channels_last)
+
+    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if self.channels_last and pixel_values.dim() == 4:
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+        logits = self.model(pixel_values)
+        out = {"logits": logits}
+        if labels is not None:
+            out["loss"] = F.cross_entropy(logits, labels)
+        return out
+
+
+class ClassifierTrainer(Trainer):
+    """A Trainer adding distillation (``teacher``) and group-norm sparse learning (``sparsity_groups``)."""
+
+    def __init__(self, *args, teacher: nn.Module | None = None, distill_alpha: float = 0.5,
+                 distill_temperature: float = 4.0, sparsity_groups: ChannelGroups | None = None,
+                 sparsity_lambda: float = 0.0, sparsity_alpha: float = 16.0, eval_collator=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_collator = eval_collator
+        self.teacher = teacher.eval().to(self.args.device) if teacher is not None else None
+        self.distill_alpha, self.distill_temperature = distill_alpha, distill_temperature
+        self.sparsity_groups, self.sparsity_lambda, self.sparsity_alpha = sparsity_groups, sparsity_lambda, sparsity_alpha
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        loss = outputs["loss"]
+        if self.teacher is not None and model.training:
+            with torch.no_grad():
+                teacher_logits = self.teacher(inputs["pixel_values"])
+            t = self.distill_temperature
+            kd = F.kl_div(F.log_softmax(outputs["logits"] / t, -1), F.log_softmax(teacher_logits / t, -1),
+                          reduction="batchmean", log_target=True) * t * t
+            loss = (1 - self.distill_alpha) * loss + self.distill_alpha * kd
+        if self.sparsity_groups is not None and self.sparsity_lambda > 0 and model.training:
+            params = {n.removeprefix("model."): p for n, p in self.accelerator.unwrap_model(model).named_parameters()}
+            penalty, _ = sparsity_penalty(self.sparsity_groups, params, self.sparsity_alpha)
+            loss = loss + self.sparsity_lambda * penalty
+        return (loss, outputs) if return_outputs else loss
+
+    def _save(self, output_dir=None, state_dict=None):
+        """safetensors needs contiguous tensors; channels_last weights are not."""
+        state_dict = state_dict if state_dict is not None else self.accelerator.unwrap_model(self.model).state_dict()
+        super()._save(output_dir, {k: v.contiguous() for k, v in state_dict.items()})
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        """Evaluate without augmentation (the Trainer has one collator for both)."""
+        train_collator, self.data_collator = self.data_collator, self.eval_collator or self.data_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
+
+    def create_optimizer(self, model=None):
+        """SGD with Nesterov momentum (the CIFAR standard) unless another ``optim`` was asked for."""
+        if self.optimizer is None and self.args.optim == "sgd":
+            decay, no_decay = [], []
+            for p in (model or self.model).parameters():
+                if p.requires_grad:
+                    (decay if p.dim() > 1 else no_decay).append(p)
+            self.optimizer = torch.optim.SGD(
+                [{"params": decay, "weight_decay": self.args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                lr=self.args.learning_rate, momentum=0.9, nesterov=True)
+            return self.optimizer
+        return super().create_optimizer(model) if model is not None else super().create_optimizer()
+
+
+@dataclass
+class FinetuneResult:
+    model: nn.Module
+    val_accuracy: float
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def finetune(
+    model: nn.Module,
+    data: ImageClassificationData,
+    output_dir: str,
+    epochs: float = 1.0,
+    batch_size: int = 128,
+    learning_rate: float = 0.05,
+    weight_decay: float = 5e-4,
+    teacher: nn.Module | None = None,
+    distill_alpha: float = 0.5,
+    distill_temperature: float = 4.0,
+    sparsity_lambda: float = 0.0,
+    sparsity_alpha: float = 16.0,
+    max_steps: int = -1,
+    seed: int = 42,
+    channels_last: bool = True,
+    optimizers: tuple[torch.optim.Optimizer | None, Any] = (None, None),
+    **training_args: Any,
+) -> FinetuneResult:
+    """Train ``model`` in place on ``data.train`` and return it with its best validation accuracy.
+
+    ``teacher`` enables knowledge distillation; ``sparsity_lambda > 0`` adds DepGraph's group-norm penalty
+    (sparse learning, so the model prunes better afterwards). Further keyword arguments go to
+    ``TrainingArguments`` (e.g. ``report_to``, ``bf16``, ``optim="adamw_torch"``); ``optimizers`` takes your own
+    optimizer and scheduler. With ``epochs == 0`` and ``max_steps <= 0`` only the validation accuracy is measured.
+    """
+    if epochs < 0:
+        raise ValueError(f"epochs must be >= 0, got {epochs}")
+    example = data.example_inputs().to(_device_of(model))
+    groups = ChannelGroups.from_model(model, example) if sparsity_lambda > 0 else None
+    if epochs == 0 and max_steps <= 0:
+        return FinetuneResult(model, evaluate_accuracy(model, data, batch_size=2 * batch_size))
+    defaults = dict(
+        output_dir=output_dir, num_train_epochs=epochs, max_steps=max_steps, per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=2 * batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
+        lr_scheduler_type="cosine", warmup_steps=0, optim="sgd", eval_strategy="epoch", save_strategy="epoch",
+        save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="accuracy", greater_is_better=True,
+        logging_strategy="steps", logging_steps=50, seed=seed, data_seed=seed, report_to="none",
+        remove_unused_columns=False, save_only_model=True)
+    if max_steps > 0:
+        defaults.update(eval_strategy="steps", save_strategy="steps", eval_steps=max_steps, save_steps=max_steps)
+    defaults.update(training_args)
+    args = TrainingArguments(**defaults)
+    wrapped = ClassifierWithLoss(model, channels_last=channels_last)
+    trainer = ClassifierTrainer(
+        model=wrapped, args=args, train_dataset=data.train, eval_dataset=data.validation,
+        data_collator=data.collator(augment=True), compute_metrics=accuracy, optimizers=optimizers,
+        teacher=teacher, distill_alpha=distill_alpha, distill_temperature=distill_temperature,
+        sparsity_groups=groups, sparsity_lambda=sparsity_lambda, sparsity_alpha=sparsity_alpha,
+        eval_collator=data.collator(augment=False))
+    trainer.train()
+    model = trainer.accelerator.unwrap_model(trainer.model).model
+    model.to(memory_format=torch.contiguous_format).eval()
+    score = trainer.state.best_metric
+    if score is None or math.isnan(score):
+        score = evaluate_accuracy(model, data, batch_size=2 * batch_size)
+    return FinetuneResult(model, float(score), trainer.state.log_history)
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, data: ImageClassificationData, split: str = "validation",
+                      batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` (in eval mode) on one split; a plain loop, no Trainer needed."""
+    dataset: TensorImageDataset = getattr(data, split)
+    collate = data.collator(augment=False)
+    was_training = model.training
+    model.eval()
+    device, correct = _device_of(model), 0
+    for i in range(0, len(dataset), batch_size):
+        batch = collate([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])
+        logits = model(batch["pixel_values"].to(device))
+        correct += int((logits.argmax(-1).cpu() == batch["labels"]).sum())
+    model.train(was_training)
+    return correct / max(len(dataset), 1)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")

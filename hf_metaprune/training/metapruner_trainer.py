@@ -1,0 +1,288 @@
+"""Meta-training of the graph metanetwork with a 🤗 Trainer (Accelerate, logging, checkpointing, multi-GPU).
+
+Training examples are data models from a zoo. One optimizer step, per data model:
+
+1. ``W' = M(G(W))`` — one forward of the metanetwork, differentiable in ``M``'s parameters;
+2. ``g = Σ_b ∂CE(f(x_b; W'), y_b)/∂W'`` over ``task_batches_per_step`` task batches, with ``W'`` detached
+   (``torch.func.functional_call``; the target stays in eval mode so BN uses its stored statistics);
+3. one backward through the GNN of the surrogate ``⟨W', g⟩ + λ·Σ γ_u ||W'_u||²``, whose gradient in ``M`` equals
+   that of the full loss — the published code instead backpropagated through the GNN once per task batch.
+
+Task batches are drawn from a generator seeded by (seed, step, data model), so results do not depend on the
+number of processes and a resumed run continues exactly. Evaluation is *prune-and-probe* on held-out data
+models: transform, prune to the target speed-up, a short finetune, accuracy on the validation split.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+from transformers import Trainer, TrainingArguments
+
+from ..data import ImageClassificationData, ImageCollator
+from ..graph import NetworkGraph, model_to_graph
+from ..modeling_metapruner import MetaPrunerModel
+from ..pruning import prune_to_speedup
+from .finetune import evaluate_accuracy
+from .objectives import ChannelGroups, group_norm_stats, sparsity_penalty
+from .zoo import DataModelZoo
+
+
+@dataclass
+class MetaPrunerTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus the meta-training objective and the prune-and-probe evaluation."""
+
+    sparsity_lambda: float = field(default=1e-4, metadata={"help": "λ of the group-norm sparsity term"})
+    sparsity_alpha: float = field(default=16.0, metadata={"help": "α of DepGraph's per-unit weights γ"})
+    task_batch_size: int = field(default=128, metadata={"help": "images per task batch"})
+    task_batches_per_step: int = field(default=8, metadata={"help": "task batches per GNN backward"})
+    weak_group_threshold: float = field(default=0.1, metadata={"help": "weak unit: norm < this × group mean"})
+    probe_speed_up: float = field(default=2.0, metadata={"help": "MACs speed-up pruned to during evaluation"})
+    probe_finetune_steps: int = field(default=50, metadata={"help": "SGD steps after pruning in evaluation"})
+    probe_learning_rate: float = field(default=0.01, metadata={"help": "learning rate of the probe finetune"})
+    probe_eval_samples: int | None = field(default=None, metadata={"help": "validation images per probe"})
+
+    def __post_init__(self):
+        self.remove_unused_columns = False
+        if self.metric_for_best_model is None:
+            self.metric_for_best_model = "probe_accuracy"
+        super().__post_init__()
+        if self.gradient_accumulation_steps != 1:
+            raise ValueError("MetaPrunerTrainer accumulates over task batches itself (task_batches_per_step) to "
+                             "backpropagate through the GNN once per step; leave gradient_accumulation_steps=1")
+
+
+class _ZooIndex(torch.utils.data.Dataset):
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, int]:
+        return {"data_model": i}
+
+
+def _collate_indices(items: list[dict[str, int]]) -> dict[str, torch.Tensor]:
+    return {"data_model": torch.tensor([it["data_model"] for it in items], dtype=torch.long)}
+
+
+@dataclass
+class _Target:
+    """A data model prepared for meta-training: module (frozen, eval), its graph and its channel groups."""
+
+    module: nn.Module
+    graph: NetworkGraph
+    groups: ChannelGroups
+    param_names: list[str]
+    buffers: dict[str, torch.Tensor]
+
+
+class MetaPrunerTrainer(Trainer):
+    """Trains a :class:`MetaPrunerModel` on a :class:`DataModelZoo` of one architecture.
+
+    Args:
+        model: the metanetwork (its config's edge/node kinds must cover the zoo's graphs).
+        args: :class:`MetaPrunerTrainingArguments`; ``per_device_train_batch_size`` counts data models.
+        train_zoo / eval_zoo: data models to train on and to prune-and-probe (use ``zoo.split``).
+        data: task data; training batches come from ``data.train``, scores from ``data.validation``.
+    """
+
+    def __init__(self, model: MetaPrunerModel, args: MetaPrunerTrainingArguments, train_zoo: DataModelZoo,
+                 data: ImageClassificationData, eval_zoo: DataModelZoo | None = None, **kwargs):
+        if not isinstance(args, MetaPrunerTrainingArguments):
+            raise TypeError("args must be MetaPrunerTrainingArguments")
+        self.architecture = train_zoo.require_architecture()
+        if eval_zoo is not None and eval_zoo.require_architecture() != self.architecture:
+            raise ValueError(f"eval zoo holds {eval_zoo.require_architecture()} but the train zoo holds "
+                             f"{self.architecture}; prune-and-probe needs the family the metanetwork learns")
+        self.train_zoo, self.eval_zoo, self.data = train_zoo, eval_zoo, data
+        super().__init__(model=model, args=args, train_dataset=_ZooIndex(len(train_zoo)),
+                         eval_dataset=_ZooIndex(len(eval_zoo)) if eval_zoo is not None else None,
+                         data_collator=_collate_indices, **kwargs)
+        self.loss_is_scaled_for_ga = True
+        self._targets: dict[int, _Target] = {}
+        self._log_sums: dict[str, float] = defaultdict(float)
+        self._log_count = 0
+        self._baseline_probe: float | None = None
+        config = self.accelerator.unwrap_model(self.model).config
+        config.base_architecture = self.architecture
+        config.num_data_models = len(train_zoo) + (len(eval_zoo) if eval_zoo is not None else 0)
+        config.target_speed_ups = [args.probe_speed_up]
+
+    # ---- data models ------------------------------------------------------------------------------------
+    def _example_inputs(self) -> torch.Tensor:
+        return self.data.example_inputs().to(self.args.device)
+
+    def _target(self, index: int) -> _Target:
+        if index not in self._targets:
+            module = self.train_zoo.model(index).to(self.args.device)
+            for p in module.parameters():
+                p.requires_grad_(False)
+            x = self._example_inputs()
+            graph = model_to_graph(module, x).to(self.args.device)
+            self.accelerator.unwrap_model(self.model).check_graph(graph)
+            self._targets[index] = _Target(module, graph, ChannelGroups.from_model(module, x),
+                                           [n for n, _ in module.named_parameters()],
+                                           {n: b.detach() for n, b in module.named_buffers()})
+        return self._targets[index]
+
+    def _task_batches(self, index: int) -> list[dict[str, torch.Tensor]]:
+        """Deterministic in (seed, step, data model): independent of process count, exact on resume."""
+        args = self.args
+        g = torch.Generator().manual_seed(_seed(args.seed, self.state.global_step, index))
+        n, b, k = len(self.data.train), args.task_batch_size, args.task_batches_per_step
+        order = torch.randperm(n, generator=g)[: b * k] if b * k <= n else torch.randint(n, (b * k,), generator=g)
+        collate = ImageCollator(self.data.mean, self.data.std, augment=True, generator=g)
+        batches = []
+        for j in range(k):
+            batch = collate([self.data.train[int(i)] for i in order[j * b:(j + 1) * b]])
+            batches.append({key: v.to(args.device) for key, v in batch.items()})
+        return batches
+
+    # ---- objective --------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        indices = inputs["data_model"].tolist()
+        targets = [self._target(i) for i in indices]
+        new_graphs = model([t.graph for t in targets])  # one (DDP) forward for all data models of the step
+        surrogate, value = 0.0, 0.0
+        args = self.args
+        for index, target, new_graph in zip(indices, targets, new_graphs):
+            tensors = new_graph.tensors()
+            params = {n: tensors[n] for n in target.param_names}
+            ce, grads = self._task_gradient(target, params, index)
+            penalty, norms = sparsity_penalty(target.groups, params, args.sparsity_alpha)
+            inner = sum((params[n] * grads[n]).sum() for n in params)
+            surrogate = surrogate + inner + args.sparsity_lambda * penalty
+            value = value + ce + args.sparsity_lambda * penalty.detach()
+            stats = group_norm_stats(target.groups, norms, args.weak_group_threshold)
+            stats.update(ce_loss=float(ce), sparsity_loss=float(penalty), sparsity_term=float(args.sparsity_lambda * penalty))
+            for k, v in stats.items():
+                self._log_sums[k] += v
+            self._log_count += 1
+        n = len(indices)
+        if not math.isfinite(float(value)):
+            raise FloatingPointError(
+                f"non-finite meta-training loss ({float(value) / n}) at step {self.state.global_step} on data models "
+                f"{indices}; the last good checkpoint in {args.output_dir} is untouched. Lower the learning rate, "
+                "sparsity_lambda or residual_scale.")
+        # Value of the real loss, gradient of the surrogate (which equals the real loss's gradient in M).
+        loss = surrogate / n
+        loss = loss - loss.detach() + value / n
+        return (loss, new_graphs) if return_outputs else loss
+
+    def _task_gradient(self, target: _Target, params: dict[str, torch.Tensor], index: int):
+        leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
+        state = {**leaves, **target.buffers}
+        batches = self._task_batches(index)
+        total = torch.zeros((), device=self.args.device)
+        for batch in batches:
+            logits = functional_call(target.module, state, (batch["pixel_values"],))
+            ce = F.cross_entropy(logits, batch["labels"]) / len(batches)
+            ce.backward()
+            total += ce.detach()
+        return total, {n: leaf.grad for n, leaf in leaves.items()}
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        """Add the objective's terms and group-norm statistics (averaged over processes) to training logs."""
+        if "loss" in logs and self._log_count:
+            keys = sorted(self._log_sums)
+            local = torch.tensor([self._log_sums[k] / self._log_count for k in keys], device=self.args.device)
+            reduced = self.accelerator.reduce(local, reduction="mean") if self.accelerator.num_processes > 1 else local
+            logs.update({k: round(float(v), 6) for k, v in zip(keys, reduced)})
+            self._log_sums.clear()
+            self._log_count = 0
+        super().log(logs, *args, **kwargs)
+
+    # ---- evaluation: prune-and-probe ----------------------------------------------------------------------
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        if self.eval_zoo is None:
+            raise ValueError("evaluation needs held-out data models: pass eval_zoo (see DataModelZoo.split)")
+        metapruner = self.accelerator.unwrap_model(self.model)
+        was_training = metapruner.training
+        metapruner.eval()
+        indices = list(range(len(self.eval_zoo)))
+        with self.accelerator.split_between_processes(indices) as mine:
+            local = [self._probe(metapruner, i, with_baseline=self._baseline_probe is None) for i in mine]
+        rows = [r for part in _gather(self.accelerator, local) for r in part]
+        metapruner.train(was_training)
+        metrics = {f"{metric_key_prefix}_{k}": sum(r[k] for r in rows) / len(rows) for k in rows[0] if k != "baseline"}
+        if self._baseline_probe is None:
+            self._baseline_probe = sum(r["baseline"] for r in rows) / len(rows)
+        metrics[f"{metric_key_prefix}_baseline_probe_accuracy"] = self._baseline_probe
+        metapruner.config.validation_scores = {k.removeprefix(f"{metric_key_prefix}_"): round(v, 4)
+                                               for k, v in metrics.items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    @torch.no_grad()
+    def _probe(self, metapruner: MetaPrunerModel, index: int, with_baseline: bool) -> dict[str, float]:
+        args, x = self.args, self._example_inputs()
+        data = self.data
+        if args.probe_eval_samples:
+            data = copy.copy(data)
+            data.validation = data.validation.subset(args.probe_eval_samples)
+        original = self.eval_zoo.model(index).to(args.device)
+        transformed = metapruner.transform(original, x)
+        row = {"original_accuracy": evaluate_accuracy(original, data),
+               "transformed_accuracy": evaluate_accuracy(transformed, data)}
+        pruned = prune_to_speedup(transformed, x, args.probe_speed_up, importance="group_l2").model
+        row["pruned_accuracy"] = evaluate_accuracy(pruned, data)
+        row["probe_accuracy"] = evaluate_accuracy(self._probe_finetune(pruned, index), data)
+        if with_baseline:  # the same probe without the metanetwork, for reference
+            baseline = prune_to_speedup(original, x, args.probe_speed_up, importance="group_l2").model
+            row["baseline"] = evaluate_accuracy(self._probe_finetune(baseline, index), data)
+        return row
+
+    def _probe_finetune(self, model: nn.Module, index: int) -> nn.Module:
+        """A short, deterministic SGD finetune (a local loop: each process probes its own data models)."""
+        args = self.args
+        g = torch.Generator().manual_seed(_seed(args.seed, -1, index))
+        collate = ImageCollator(self.data.mean, self.data.std, augment=True, generator=g)
+        opt = torch.optim.SGD(model.parameters(), lr=args.probe_learning_rate, momentum=0.9, weight_decay=5e-4)
+        model.train()
+        with torch.enable_grad():
+            for _ in range(args.probe_finetune_steps):
+                idx = torch.randint(len(self.data.train), (args.task_batch_size,), generator=g)
+                batch = collate([self.data.train[int(i)] for i in idx])
+                loss = F.cross_entropy(model(batch["pixel_values"].to(args.device)), batch["labels"].to(args.device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        return model.eval()
+
+    # ---- end of training: the best checkpoint's scores go to the model card --------------------------------
+    def train(self, *args, **kwargs):
+        output = super().train(*args, **kwargs)
+        best = self.state.best_model_checkpoint
+        config = self.accelerator.unwrap_model(self.model).config
+        if best and os.path.isfile(os.path.join(best, "config.json")):
+            with open(os.path.join(best, "config.json")) as f:
+                config.validation_scores = json.load(f).get("validation_scores")
+        return output
+
+
+def _seed(*parts: int) -> int:
+    """A seed from integers, identical in every process (Python's ``hash`` of strings is not)."""
+    seed = 0
+    for p in parts:
+        seed = (seed * 1_000_003 + p + 1) % (2 ** 62)
+    return seed
+
+
+def _gather(accelerator, local: list) -> list[list]:
+    if accelerator.num_processes == 1:
+        return [local]
+    from accelerate.utils import gather_object
+
+    return gather_object([local])
