@@ -13,7 +13,8 @@ class MetaPrunerConfig(PretrainedConfig):
         hidden_size: width of node and edge states.
         num_layers: message-passing layers (each updates nodes, then edges).
         aggregations: how messages are pooled at a node, in both edge directions.
-        residual_scale: ε in ``W' = W + ε·Δ``: the step size of the metanetwork's edits.
+        residual_scale: ε in ``W' = W + ε·rms(W)·Δ``: the step size of the metanetwork's edits, relative to
+            the RMS of each weight kind.
         init_identity: start the decoders at zero, so an untrained metanetwork is exactly the identity and
             meta-training starts from the data models' accuracy whatever ε is.
         edge_kinds: weight kinds the metanetwork has an encoder/decoder for (kernel shapes, e.g. "3x3";

@@ -3,7 +3,8 @@
 Node states are channels, edge states are weight slices. Each layer sends messages along every edge in both
 directions (separate MLPs, so direction is distinguishable), pools them with several aggregations, updates
 nodes, then updates edges from their endpoints. Decoders emit Δ per weight entry and the output is
-``W' = W + ε·Δ``. Everything is per-node / per-edge plus permutation-invariant pooling, so permuting the
+``W' = W + ε·rms(W)·Δ`` (RMS per edge kind: ε is relative to the weights' scale). Everything is per-node /
+per-edge plus permutation-invariant pooling, so permuting the
 channels of a hidden layer permutes the output network the same way.
 """
 from __future__ import annotations
@@ -201,7 +202,10 @@ class MetaPrunerModel(MetaPrunerPreTrainedModel):
             h = h.index_add(0, rec.node, record_states[kind])
         kinds = list(graph.edges)
         edge_index = torch.cat([graph.edges[k].index for k in kinds], dim=1)
-        e = torch.cat([self.edge_encoders[k](graph.edges[k].features) for k in kinds], dim=0)
+        # Weights are encoded (and edited) relative to their kind's RMS: raw conv weights are ~1e-1..1e-2, and
+        # the metanetwork should see their relative sizes, not the absolute scale of one architecture.
+        scales = {k: _rms(graph.edges[k].features) for k in kinds}
+        e = torch.cat([self.edge_encoders[k](graph.edges[k].features / scales[k]) for k in kinds], dim=0)
         for layer in self.layers:
             h, e = layer(h, e, edge_index)
 
@@ -211,7 +215,7 @@ class MetaPrunerModel(MetaPrunerPreTrainedModel):
             es = graph.edges[k]
             stop = start + es.index.shape[1]
             delta = self.edge_decoders[k](h, e[start:stop], es.index)
-            new_edges[k] = es.features + eps * delta.to(es.features.dtype)
+            new_edges[k] = es.features + (eps * scales[k]) * delta.to(es.features.dtype)
             start = stop
         new_records = {}
         for kind, rec in graph.records.items():
@@ -245,6 +249,10 @@ def _record_inputs(kind: str, features: torch.Tensor) -> torch.Tensor:
         return features
     mask = torch.tensor(log_cols, device=features.device)
     return torch.where(mask, features.clamp_min(1e-8).log(), features)
+
+
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().float().pow(2).mean().sqrt().clamp_min(1e-8).to(x.dtype)
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -1,3 +1,4 @@
+import os
 import warnings
 
 import pytest
@@ -45,3 +46,25 @@ def example_input(res: int) -> torch.Tensor:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+CIFAR10 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10")
+
+
+@pytest.fixture(scope="session")
+def cifar_small():
+    """2,000 real CIFAR-10 training images (500 held out for validation) and 500 test images."""
+    from hf_metaprune import load_image_classification
+
+    return load_image_classification(CIFAR10, val_size=500, max_train_samples=2000, max_test_samples=500)
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(cifar_small, tmp_path_factory):
+    """Three briefly trained CIFAR ResNet-20 data models (about 10 s in all)."""
+    from hf_metaprune import train_zoo
+
+    out = tmp_path_factory.mktemp("zoo")
+    return train_zoo("cifar_resnet20", cifar_small, str(out), num_models=3, epochs=2, batch_size=64,
+                     learning_rate=0.05, disable_tqdm=True, logging_steps=1000, save_strategy="no",
+                     eval_strategy="no", load_best_model_at_end=False)

@@ -45,7 +45,8 @@ class MetaPrunerTrainingArguments(TrainingArguments):
     sparsity_alpha: float = field(default=16.0, metadata={"help": "α of DepGraph's per-unit weights γ"})
     task_batch_size: int = field(default=128, metadata={"help": "images per task batch"})
     task_batches_per_step: int = field(default=8, metadata={"help": "task batches per GNN backward"})
-    weak_group_threshold: float = field(default=0.1, metadata={"help": "weak unit: norm < this × group mean"})
+    weak_group_threshold: float = field(default=0.5, metadata={
+        "help": "a unit is weak when its norm is below this × its group's mean norm in the untransformed model"})
     probe_speed_up: float = field(default=2.0, metadata={"help": "MACs speed-up pruned to during evaluation"})
     probe_finetune_steps: int = field(default=50, metadata={"help": "SGD steps after pruning in evaluation"})
     probe_learning_rate: float = field(default=0.01, metadata={"help": "learning rate of the probe finetune"})
@@ -85,6 +86,7 @@ class _Target:
     groups: ChannelGroups
     param_names: list[str]
     buffers: dict[str, torch.Tensor]
+    unit_norms: torch.Tensor  # of the untransformed data model: the reference scale of "weak"
 
 
 class MetaPrunerTrainer(Trainer):
@@ -131,9 +133,11 @@ class MetaPrunerTrainer(Trainer):
             x = self._example_inputs()
             graph = model_to_graph(module, x).to(self.args.device)
             self.accelerator.unwrap_model(self.model).check_graph(graph)
-            self._targets[index] = _Target(module, graph, ChannelGroups.from_model(module, x),
-                                           [n for n, _ in module.named_parameters()],
-                                           {n: b.detach() for n, b in module.named_buffers()})
+            groups = ChannelGroups.from_model(module, x)
+            params = dict(module.named_parameters())
+            self._targets[index] = _Target(module, graph, groups, list(params),
+                                           {n: b.detach() for n, b in module.named_buffers()},
+                                           groups.unit_sq_norms(params).detach().sqrt())
         return self._targets[index]
 
     def _task_batches(self, index: int) -> list[dict[str, torch.Tensor]]:
@@ -164,8 +168,9 @@ class MetaPrunerTrainer(Trainer):
             inner = sum((params[n] * grads[n]).sum() for n in params)
             surrogate = surrogate + inner + args.sparsity_lambda * penalty
             value = value + ce + args.sparsity_lambda * penalty.detach()
-            stats = group_norm_stats(target.groups, norms, args.weak_group_threshold)
-            stats.update(ce_loss=float(ce), sparsity_loss=float(penalty), sparsity_term=float(args.sparsity_lambda * penalty))
+            stats = group_norm_stats(target.groups, norms, args.weak_group_threshold, target.unit_norms)
+            penalty_value = float(penalty.detach())
+            stats.update(ce_loss=float(ce), sparsity_loss=penalty_value, sparsity_term=args.sparsity_lambda * penalty_value)
             for k, v in stats.items():
                 self._log_sums[k] += v
             self._log_count += 1

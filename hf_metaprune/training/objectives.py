@@ -105,10 +105,17 @@ def sparsity_penalty(groups: ChannelGroups, params: dict[str, torch.Tensor], alp
     return (groups.gamma(norms, alpha) * sq).sum(), norms
 
 
-def group_norm_stats(groups: ChannelGroups, norms: torch.Tensor, weak_threshold: float = 0.1) -> dict[str, float]:
-    """How concentrated importance is: the share of units below ``weak_threshold`` × their group's mean norm
-    (the scale the pruning criterion ranks on), and quantiles of the mean-normalised norms."""
+def group_norm_stats(groups: ChannelGroups, norms: torch.Tensor, weak_threshold: float = 0.1,
+                     reference: torch.Tensor | None = None) -> dict[str, float]:
+    """How concentrated importance is.
+
+    ``weak_group_fraction``: share of units whose norm is below ``weak_threshold`` × their group's mean norm in
+    ``reference`` (e.g. the untransformed network's unit norms; default: ``norms`` themselves). Quantiles are of
+    the norms relative to their group's current mean (the scale the pruning criterion ranks on).
+    """
+    reference = norms if reference is None else reference
+    weak = norms < weak_threshold * groups.group_reduce(reference, "mean")
     relative = norms / groups.group_reduce(norms, "mean").clamp_min(1e-12)
     q = torch.quantile(relative.float(), torch.tensor([0.1, 0.5, 0.9], device=relative.device))
-    return {"weak_group_fraction": float((relative < weak_threshold).float().mean()),
+    return {"weak_group_fraction": float(weak.float().mean()),
             "group_norm_p10": float(q[0]), "group_norm_p50": float(q[1]), "group_norm_p90": float(q[2])}

@@ -1,0 +1,231 @@
+import json
+import os
+
+import datasets
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import hf_metaprune as hm
+from hf_metaprune.training import (DataModelZoo, MetaPrunerTrainer, MetaPrunerTrainingArguments, evaluate_accuracy,
+                                   finetune, prune_and_finetune, train_zoo)
+from hf_metaprune.training.zoo import ZOO_FEATURES
+
+
+def _metapruner(zoo, data, **kw):
+    graph = hm.model_to_graph(zoo.model(0), data.example_inputs())
+    torch.manual_seed(0)
+    return hm.MetaPrunerModel(hm.MetaPrunerConfig.for_graphs(
+        [graph], hidden_size=kw.pop("hidden_size", 16), num_layers=kw.pop("num_layers", 2),
+        residual_scale=kw.pop("residual_scale", 0.1), dataset="cifar10-subset"))
+
+
+def _args(out, **kw):
+    defaults = dict(output_dir=str(out), max_steps=4, per_device_train_batch_size=1, learning_rate=1e-3,
+                    optim="adamw_torch", weight_decay=0.0, lr_scheduler_type="constant", sparsity_lambda=1e-3,
+                    task_batch_size=32, task_batches_per_step=2, logging_steps=1, save_strategy="no",
+                    eval_strategy="no", probe_finetune_steps=3, probe_eval_samples=200, report_to="none",
+                    disable_tqdm=True, use_cpu=True, seed=0)
+    defaults.update(kw)
+    return MetaPrunerTrainingArguments(**defaults)
+
+
+# ---- zoo ------------------------------------------------------------------------------------------------------
+
+def test_zoo_is_a_dataset_that_reloads_offline_with_identical_models(tiny_zoo, cifar_small, tmp_path):
+    assert len(tiny_zoo) == 3 and tiny_zoo.require_architecture() == "cifar_resnet20"
+    assert tiny_zoo.dataset["seed"] == [0, 1, 2]
+    assert all(0.15 < a <= 1 for a in tiny_zoo.dataset["val_accuracy"])  # trained, better than chance
+    tiny_zoo.save_to_disk(tmp_path / "copy")
+    reloaded = DataModelZoo(datasets.load_from_disk(str(tmp_path / "copy")))
+    x = cifar_small.example_inputs(4)
+    for i in range(3):
+        assert torch.equal(tiny_zoo.model(i)(x), reloaded.model(i)(x))
+    a, b = tiny_zoo.model(0), tiny_zoo.model(1)
+    assert not torch.equal(a.conv1.weight, b.conv1.weight)  # different seeds
+
+
+def test_zoo_resumes_after_an_interruption(cifar_small, tmp_path):
+    kw = dict(epochs=0.1, batch_size=64, disable_tqdm=True, save_strategy="no", eval_strategy="no",
+              load_best_model_at_end=False)
+    first = train_zoo("cifar_resnet20", cifar_small, str(tmp_path), num_models=2, **kw)
+    assert first.dataset["seed"] == [0, 1]
+    weights_before = first.dataset["weights"]
+    resumed = train_zoo("cifar_resnet20", cifar_small, str(tmp_path), num_models=3, **kw)
+    assert resumed.dataset["seed"] == [0, 1, 2]
+    assert resumed.dataset["weights"][:2] == weights_before  # finished models are kept, not retrained
+    with pytest.raises(ValueError, match="another output_dir"):
+        train_zoo("cifar_resnet56", cifar_small, str(tmp_path), num_models=1, **kw)
+
+
+def test_lightly_pruned_zoo_members_have_varying_widths(cifar_small, tmp_path):
+    zoo = train_zoo("cifar_resnet20", cifar_small, str(tmp_path), num_models=1, epochs=0.1, prune_speed_up=1.3,
+                    finetune_epochs=0.1, batch_size=64, disable_tqdm=True, save_strategy="no", eval_strategy="no",
+                    load_best_model_at_end=False)
+    widths = json.loads(zoo.dataset["widths"][0])
+    assert min(w["out"] for n, w in widths.items() if n != "fc") < 16
+    model = zoo.model(0)
+    assert model(cifar_small.example_inputs(2)).shape == (2, 10)
+    macs, _ = hm.count_macs_and_params(model, cifar_small.example_inputs())
+    assert zoo.dataset["macs"][0] == pytest.approx(macs)
+
+
+def test_bad_zoos_are_clear_errors(tiny_zoo):
+    empty = DataModelZoo(tiny_zoo.dataset.select([]))
+    with pytest.raises(ValueError, match="empty"):
+        empty.require_architecture()
+    rows = tiny_zoo.dataset.select([0]).to_list()
+    mixed = DataModelZoo(datasets.Dataset.from_list(rows + [{**rows[0], "architecture": "cifar_resnet32"}],
+                                                    features=ZOO_FEATURES))
+    with pytest.raises(ValueError, match="mixes architectures"):
+        mixed.require_architecture()
+    with pytest.raises(ValueError, match="data model 1.*cifar_resnet32.*do not match"):
+        mixed.model(1)  # ResNet-20 weights declared as ResNet-32
+    corrupt = DataModelZoo(datasets.Dataset.from_list([{**rows[0], "weights": b"garbage"}], features=ZOO_FEATURES))
+    with pytest.raises(ValueError, match="data model 0.*safetensors"):
+        corrupt.model(0)
+    with pytest.raises(ValueError, match="columns"):
+        DataModelZoo(datasets.Dataset.from_dict({"x": [1]}))
+
+
+# ---- meta-training ----------------------------------------------------------------------------------------------
+
+def test_meta_training_concentrates_group_norms_and_keeps_accuracy(tiny_zoo, cifar_small, tmp_path):
+    train, held_out = tiny_zoo.split(1)
+    model = _metapruner(train, cifar_small)
+    args = _args(tmp_path, max_steps=40, warmup_steps=5, logging_steps=10, weak_group_threshold=0.95)
+    trainer = MetaPrunerTrainer(model=model, args=args, train_zoo=train, data=cifar_small)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "sparsity_loss" in h]
+    first, last = logs[0], logs[-1]
+    assert last["sparsity_loss"] < 0.97 * first["sparsity_loss"]
+    assert last["weak_group_fraction"] > first["weak_group_fraction"] + 0.05
+    assert {"ce_loss", "sparsity_term", "group_norm_p10", "group_norm_p50", "group_norm_p90"} <= set(last)
+    original = train.model(0)
+    transformed = model.eval().transform(original, cifar_small.example_inputs())
+    acc_original = evaluate_accuracy(original, cifar_small)
+    acc_transformed = evaluate_accuracy(transformed, cifar_small)
+    assert acc_transformed > acc_original - 0.05, (acc_original, acc_transformed)
+
+
+def test_prune_and_probe_evaluation_selects_and_cards_the_best(tiny_zoo, cifar_small, tmp_path):
+    train, held_out = tiny_zoo.split(1)
+    args = _args(tmp_path, max_steps=2, eval_strategy="steps", eval_steps=1, save_strategy="steps", save_steps=1,
+                 load_best_model_at_end=True)
+    trainer = MetaPrunerTrainer(model=_metapruner(train, cifar_small), args=args, train_zoo=train,
+                                eval_zoo=held_out, data=cifar_small)
+    trainer.train()
+    evals = [h for h in trainer.state.log_history if "eval_probe_accuracy" in h]
+    assert len(evals) == 2
+    for key in ("original", "transformed", "pruned", "probe", "baseline_probe"):
+        assert 0 <= evals[0][f"eval_{key}_accuracy"] <= 1
+    best = max(evals, key=lambda h: h["eval_probe_accuracy"])
+    assert trainer.state.best_metric == pytest.approx(best["eval_probe_accuracy"])
+    trainer.save_model(str(tmp_path / "final"))
+    loaded = hm.MetaPrunerModel.from_pretrained(str(tmp_path / "final"))
+    assert loaded.config.validation_scores["probe_accuracy"] == pytest.approx(best["eval_probe_accuracy"], abs=1e-4)
+    card = (tmp_path / "final" / "README.md").read_text()
+    for text in ("library_name: hf_metaprune", "cifar_resnet20", "cifar10-subset", "group_l2",
+                 "num_data_models: 3", "probe_accuracy"):
+        assert text in card, text
+
+
+def test_resuming_from_a_checkpoint_continues_exactly(tiny_zoo, cifar_small, tmp_path):
+    train, _ = tiny_zoo.split(1)
+    # full_determinism: CPU scatter reductions are otherwise only reproducible to ~1e-5 between two runs
+    full = MetaPrunerTrainer(model=_metapruner(train, cifar_small), args=_args(tmp_path / "a", full_determinism=True),
+                             train_zoo=train, data=cifar_small)
+    full.train()
+    interrupted = MetaPrunerTrainer(model=_metapruner(train, cifar_small),
+                                    args=_args(tmp_path / "b", max_steps=2, save_strategy="steps", save_steps=2,
+                                              full_determinism=True),
+                                    train_zoo=train, data=cifar_small)
+    interrupted.train()
+    resumed = MetaPrunerTrainer(model=_metapruner(train, cifar_small),
+                                args=_args(tmp_path / "b", save_strategy="steps", save_steps=2, full_determinism=True),
+                                train_zoo=train, data=cifar_small)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-2"))
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_non_finite_loss_stops_clearly_and_keeps_the_last_good_checkpoint(tiny_zoo, cifar_small, tmp_path):
+    train, _ = tiny_zoo.split(1)
+    trainer = MetaPrunerTrainer(model=_metapruner(train, cifar_small),
+                                args=_args(tmp_path, max_steps=3, save_strategy="steps", save_steps=1),
+                                train_zoo=train, data=cifar_small)
+    compute = trainer._task_gradient
+
+    def poisoned(target, params, index):
+        ce, grads = compute(target, params, index)
+        return (ce * float("nan"), grads) if trainer.state.global_step >= 1 else (ce, grads)
+
+    trainer._task_gradient = poisoned
+    with pytest.raises(FloatingPointError, match="non-finite.*step 1.*checkpoint"):
+        trainer.train()
+    assert os.path.isdir(tmp_path / "checkpoint-1") and not os.path.isdir(tmp_path / "checkpoint-2")
+    good = hm.MetaPrunerModel.from_pretrained(str(tmp_path / "checkpoint-1"))
+    assert all(torch.isfinite(p).all() for p in good.parameters())
+
+
+def test_trainer_refuses_mixed_families_and_gradient_accumulation(tiny_zoo, cifar_small, tmp_path):
+    train, held_out = tiny_zoo.split(1)
+    rows = held_out.dataset.to_list()
+    other = DataModelZoo(datasets.Dataset.from_list([{**rows[0], "architecture": "cifar_resnet32"}],
+                                                    features=ZOO_FEATURES))
+    with pytest.raises(ValueError, match="eval zoo holds cifar_resnet32"):
+        MetaPrunerTrainer(model=_metapruner(train, cifar_small), args=_args(tmp_path), train_zoo=train,
+                          eval_zoo=other, data=cifar_small)
+    with pytest.raises(ValueError, match="gradient_accumulation_steps"):
+        _args(tmp_path, gradient_accumulation_steps=2)
+
+
+def test_push_to_hub_uploads_weights_config_and_model_card(monkeypatch, tiny_zoo, cifar_small):
+    uploaded = {}
+
+    class FakeRepo:
+        repo_id = "user/metapruner"
+
+    def fake_upload(self, repo_id, folder_path, **kw):
+        uploaded.update({f: open(os.path.join(folder_path, f), "rb").read() for f in os.listdir(folder_path)})
+        return "ok"
+
+    monkeypatch.setattr(hm.modeling_metapruner.HfApi, "create_repo", lambda self, repo_id, **kw: FakeRepo())
+    monkeypatch.setattr(hm.modeling_metapruner.HfApi, "upload_folder", fake_upload)
+    model = _metapruner(tiny_zoo, cifar_small)
+    model.config.base_architecture = "cifar_resnet20"
+    assert model.push_to_hub("user/metapruner") == "ok"
+    assert {"model.safetensors", "config.json", "README.md"} <= set(uploaded)
+    assert b"user/metapruner" in uploaded["README.md"] and b"library_name: hf_metaprune" in uploaded["README.md"]
+
+
+# ---- finetuning and the full pipeline ---------------------------------------------------------------------------
+
+def test_finetune_with_distillation_and_sparse_learning(tiny_zoo, cifar_small, tmp_path):
+    teacher = tiny_zoo.model(0)
+    student = hm.prune_to_speedup(teacher, cifar_small.example_inputs(), 2.0).model
+    before = evaluate_accuracy(student, cifar_small)
+    result = finetune(student, cifar_small, str(tmp_path), epochs=1, batch_size=64, learning_rate=0.02,
+                      teacher=teacher, sparsity_lambda=1e-4, disable_tqdm=True)
+    assert result.val_accuracy == pytest.approx(evaluate_accuracy(result.model, cifar_small), abs=1e-6)
+    assert result.val_accuracy > before
+    assert any("eval_accuracy" in h for h in result.log_history)
+    assert all(not p.is_contiguous(memory_format=torch.channels_last) or p.dim() != 4 or p.is_contiguous()
+               for p in result.model.parameters())
+
+
+def test_prune_and_finetune_runs_the_published_pipeline(tiny_zoo, cifar_small, tmp_path):
+    model = tiny_zoo.model(2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    metapruner = _metapruner(tiny_zoo, cifar_small).eval()
+    result = prune_and_finetune(model, cifar_small, 2.0, str(tmp_path), metapruner=metapruner,
+                                transform_epochs=0.2, finetune_epochs=0.2, distill=True, batch_size=64,
+                                disable_tqdm=True)
+    assert 2.0 <= result.prune.speed_up <= 2.02
+    assert set(result.stage_seconds) == {"transform", "pre_prune_training", "prune", "finetune"}
+    assert set(result.stage_val_accuracy) == {"transformed", "pre_prune", "pruned", "finetuned"}
+    assert result.val_accuracy == result.stage_val_accuracy["finetuned"]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # input untouched
+    hm.save_pruned(result.model, tmp_path / "pruned")
+    x = cifar_small.example_inputs(4)
+    assert torch.allclose(hm.load_pruned(tmp_path / "pruned")(x), result.model.eval()(x), atol=1e-5)
