@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from timm.models import register_model
 
+from ._builder import build, init_weights
+
 
 class BasicBlock(nn.Module):
     def __init__(self, in_chs: int, out_chs: int, stride: int = 1):
@@ -52,12 +54,7 @@ class CifarResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.num_features = in_chs
         self.fc = nn.Linear(in_chs, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_weights(self)
 
     def get_classifier(self) -> nn.Module:
         return self.fc
@@ -66,7 +63,6 @@ class CifarResNet(nn.Module):
         x = self.act(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(torch.flatten(self.pool(x), 1))
-
 
 
 @register_model
@@ -90,11 +86,4 @@ def cifar_resnet110(pretrained: bool = False, **kwargs) -> CifarResNet:
 
 
 def _create(depth: int, pretrained: bool, **kwargs) -> CifarResNet:
-    if pretrained:
-        raise ValueError("no pretrained CIFAR ResNet weights are published with hf_metaprune; use pretrained=False")
-    kwargs.pop("pretrained_cfg", None)
-    kwargs.pop("pretrained_cfg_overlay", None)
-    model = CifarResNet(depth=depth, **kwargs)
-    model.pretrained_cfg = {"architecture": f"cifar_resnet{depth}", "num_classes": model.num_classes,
-                            "input_size": (3, 32, 32)}
-    return model
+    return build(CifarResNet, f"cifar_resnet{depth}", pretrained, depth=depth, **kwargs)

@@ -5,6 +5,8 @@ import torch
 from torch import nn
 from timm.models import register_model
 
+from ._builder import build, init_weights
+
 VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512)
 
 
@@ -23,9 +25,7 @@ class CifarVGG(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.num_features = in_chs
         self.classifier = nn.Linear(in_chs, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        init_weights(self)
 
     def get_classifier(self) -> nn.Module:
         return self.classifier
@@ -36,11 +36,4 @@ class CifarVGG(nn.Module):
 
 @register_model
 def cifar_vgg19_bn(pretrained: bool = False, **kwargs) -> CifarVGG:
-    if pretrained:
-        raise ValueError("no pretrained CIFAR VGG weights are published with hf_metaprune; use pretrained=False")
-    kwargs.pop("pretrained_cfg", None)
-    kwargs.pop("pretrained_cfg_overlay", None)
-    model = CifarVGG(**kwargs)
-    model.pretrained_cfg = {"architecture": "cifar_vgg19_bn", "num_classes": model.num_classes,
-                            "input_size": (3, 32, 32)}
-    return model
+    return build(CifarVGG, "cifar_vgg19_bn", pretrained, **kwargs)
