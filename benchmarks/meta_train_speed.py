@@ -193,12 +193,14 @@ def main():
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--note", default="", help="free text stored in the JSON (e.g. what else ran on the machine)")
     parser.add_argument("--quick", action="store_true", help="smoke run: ResNet-20, small GNN, K in 1 4")
-    parser.add_argument("--out", default=None, help="default results/meta_train_speed.json (quick: ..._quick.json)")
+    parser.add_argument("--out", default=None,
+                        help="default results/meta_train_speed.json (--quick: results/tmp/, which git ignores)")
     args = parser.parse_args()
     if args.quick:
         args.models, args.ks, args.repeats = ["cifar_resnet20"], [1, 4], 2
         args.hidden_size, args.num_layers, args.task_batch_size = args.hidden_size or 16, args.num_layers or 2, 32
-    args.out = args.out or ("results/meta_train_speed_quick.json" if args.quick else "results/meta_train_speed.json")
+    if args.out is None:
+        args.out = "results/tmp/meta_train_speed_quick.json" if args.quick else "results/meta_train_speed.json"
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     datasets.disable_progress_bars()
