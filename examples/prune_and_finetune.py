@@ -13,8 +13,9 @@
 ``hm.save_pruned``. Both methods get the same budget: ``--transform_epochs`` of training before pruning and
 ``--finetune_epochs`` after. The pruned network is saved with ``hm.save_pruned`` to ``<output_dir>/pruned``
 (model.safetensors + pruned_config.json; reload with ``hm.load_pruned``) and the numbers to
-``<output_dir>/results.json``. Accuracies are on the validation split carved from the training data; pass
-``--eval_test`` to also report the test split.
+``<output_dir>/results.json``. Accuracies are on the validation split carved from the training data (pass the
+same ``--dataset`` / ``--max_train_samples`` / ``--val_size`` as to train_zoo.py, so the data model never trained on
+it); pass ``--eval_test`` to also report the test split.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from accelerate import PartialState
 from transformers import HfArgumentParser
 
 import hf_metaprune as hm
-from hf_metaprune.pruning.serialization import CONFIG_NAME, architecture_of
+from hf_metaprune.pruning.serialization import CONFIG_NAME
 from hf_metaprune.training import evaluate_accuracy
 
 

@@ -7,11 +7,15 @@
         --output_dir outputs/metapruner-resnet20 --max_steps 500          # data models split over processes
     python examples/train_metanetwork.py ... --resume_from_checkpoint last   # or a checkpoint folder
 
-The last ``--num_eval_models`` data models are held out for prune-and-probe evaluation. Every
-``MetaPrunerTrainingArguments`` / ``TrainingArguments`` flag is accepted (``--help`` lists them);
-``--per_device_train_batch_size`` counts data models. The trained metanetwork (model.safetensors, config.json
-and a README.md model card) is saved to ``<output_dir>/final``; load it with
-``hm.MetaPrunerModel.from_pretrained("<output_dir>/final")``.
+The last ``--num_eval_models`` data models are held out for prune-and-probe evaluation. Pass the same
+``--dataset``, ``--max_train_samples`` and ``--val_size`` as to train_zoo.py: the validation split (probe scores)
+is then one the data models never trained on. Every ``MetaPrunerTrainingArguments`` / ``TrainingArguments`` flag
+is accepted (``--help`` lists them; ``--disable_tqdm true`` takes a value); ``--per_device_train_batch_size``
+counts data models. The trained metanetwork (model.safetensors, config.json and a README.md model card) is saved
+to ``<output_dir>/final``; load it with ``hm.MetaPrunerModel.from_pretrained("<output_dir>/final")``.
+
+Several CPU processes (no GPU): ``accelerate launch --multi_gpu --num_processes 2 ...`` (gloo DDP on the CPU);
+``accelerate launch --cpu --num_processes 2`` starts only one process unless an MPI hostfile is configured.
 """
 from __future__ import annotations
 
@@ -25,12 +29,14 @@ from transformers.trainer_utils import get_last_checkpoint
 import hf_metaprune as hm
 
 # Meta-training defaults (overridable on the command line). Plain TrainingArguments defaults such as
-# adamw_torch_fused, a linear schedule or weight decay do not suit the metanetwork.
+# adamw_torch_fused, a linear schedule or weight decay do not suit the metanetwork. dataloader_drop_last: under
+# several processes Accelerate pads an incomplete last batch of data models with repeats, so a run would depend
+# on the process count; dropping it keeps 1 x 2 and 2 x 1 data models per step identical.
 META_TRAINING_DEFAULTS = dict(
     learning_rate=1e-3, sparsity_lambda=3e-3, warmup_steps=10, optim="adamw_torch", weight_decay=0.0,
-    lr_scheduler_type="constant", task_batch_size=64, task_batches_per_step=2, per_device_train_batch_size=1,
+    lr_scheduler_type="constant_with_warmup", task_batch_size=64, task_batches_per_step=2, per_device_train_batch_size=1,
     logging_steps=10, save_strategy="steps", save_steps=100, save_total_limit=2, report_to="none",
-    use_cpu=not torch.cuda.is_available(), dataloader_drop_last=False)
+    use_cpu=not torch.cuda.is_available(), dataloader_drop_last=True)
 
 
 @dataclass
@@ -105,6 +111,9 @@ def main(argv: list[str] | None = None) -> str:
     trainer.save_model(final)  # model.safetensors + config.json + README.md model card (main process)
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
+        # the Trainer also pickles its TrainingArguments there; the metanetwork folder stays pickle-free
+        if os.path.isfile(os.path.join(final, "training_args.bin")):
+            os.remove(os.path.join(final, "training_args.bin"))
         print(f"[metanetwork] saved to {final}", flush=True)
     return final
 

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from accelerate import PartialState
 from transformers import HfArgumentParser
 
 import hf_metaprune as hm
@@ -35,7 +36,7 @@ class ZooArguments:
 
 
 @dataclass
-class DataArguments:
+class ZooTrainingArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "use the first N training rows"})
     val_size: int = field(default=5000, metadata={"help": "validation images carved from the training split"})
     batch_size: int = field(default=128, metadata={"help": "per-device training batch size"})
@@ -46,11 +47,14 @@ class DataArguments:
 
 
 def main(argv: list[str] | None = None) -> hm.DataModelZoo:
-    zoo_args, data_args = HfArgumentParser((ZooArguments, DataArguments)).parse_args_into_dataclasses(argv)
+    zoo_args, data_args = HfArgumentParser((ZooArguments, ZooTrainingArguments)).parse_args_into_dataclasses(argv)
     data = hm.load_image_classification(zoo_args.dataset, val_size=data_args.val_size, seed=0,
-                                        max_train_samples=data_args.max_train_samples, max_test_samples=1)
-    print(f"[zoo] {zoo_args.dataset}: {len(data.train)} train / {len(data.validation)} validation images, "
-          f"{data.num_classes} classes", flush=True)
+                                        max_train_samples=data_args.max_train_samples,
+                                        max_test_samples=1)  # the test split is not used here
+    main_process = PartialState(cpu=not torch.cuda.is_available()).is_main_process
+    if main_process:
+        print(f"[zoo] {zoo_args.dataset}: {len(data.train)} train / {len(data.validation)} validation images, "
+              f"{data.num_classes} classes", flush=True)
     start = time.time()
     zoo = hm.train_zoo(
         zoo_args.architecture, data, zoo_args.output_dir, num_models=zoo_args.num_models, epochs=zoo_args.epochs,
@@ -59,9 +63,10 @@ def main(argv: list[str] | None = None) -> hm.DataModelZoo:
         weight_decay=data_args.weight_decay, logging_steps=data_args.logging_steps,
         disable_tqdm=data_args.disable_tqdm, report_to="none", use_cpu=not torch.cuda.is_available())
     accs = zoo.dataset["val_accuracy"]
-    print(f"[zoo] {len(zoo)} data models in {zoo_args.output_dir}/zoo; validation accuracy "
-          f"{min(accs):.4f}..{max(accs):.4f} (mean {sum(accs) / len(accs):.4f}); {time.time() - start:.0f}s",
-          flush=True)
+    if main_process:
+        print(f"[zoo] {len(zoo)} data models in {zoo_args.output_dir}/zoo; validation accuracy "
+              f"{min(accs):.4f}..{max(accs):.4f} (mean {sum(accs) / len(accs):.4f}); {time.time() - start:.0f}s",
+              flush=True)
     return zoo
 
 

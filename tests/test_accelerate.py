@@ -51,19 +51,20 @@ def _train_metanetwork(zoo: str, output_dir: str, launch: list[str], batch_size:
 
 
 @pytest.fixture(scope="module")
-def tiny_zoo(tmp_path_factory) -> str:
-    """Three briefly trained CIFAR ResNet-20s (two to meta-train on, one held out)."""
+def zoo_dir(tmp_path_factory) -> str:
+    """Three briefly trained CIFAR ResNet-20s (two to meta-train on, one held out), as a folder."""
     out = str(tmp_path_factory.mktemp("zoo"))
     data = hm.load_image_classification(DATA, val_size=300, max_train_samples=1500, max_test_samples=1)
     hm.train_zoo("cifar_resnet20", data, out, num_models=3, epochs=1, max_steps=20, batch_size=32,
-                 learning_rate=0.05, report_to="none", disable_tqdm=True, use_cpu=True, logging_steps=100)
+                 learning_rate=0.05, report_to="none", disable_tqdm=True, use_cpu=True, logging_steps=100,
+                 save_strategy="no", eval_strategy="no", load_best_model_at_end=False)
     return out
 
 
 @pytest.fixture(scope="module")
-def two_process_run(tiny_zoo, tmp_path_factory) -> tuple[str, str]:
+def two_process_run(zoo_dir, tmp_path_factory) -> tuple[str, str]:
     out = str(tmp_path_factory.mktemp("metanetwork_2proc"))
-    stdout = _train_metanetwork(tiny_zoo, out, ["--multi_gpu", "--num_processes", "2",
+    stdout = _train_metanetwork(zoo_dir, out, ["--multi_gpu", "--num_processes", "2",
                                                 "--main_process_port", str(_free_port())], batch_size=1)
     return out, stdout
 
@@ -78,6 +79,7 @@ def test_train_metanetwork_two_processes(two_process_run):
     assert model.config.num_data_models == 3
     for name in ("model.safetensors", "config.json", "README.md"):
         assert os.path.isfile(os.path.join(final, name)), name
+    assert not os.path.exists(os.path.join(final, "training_args.bin"))  # no pickle in the model folder
     with open(os.path.join(final, "README.md")) as f:
         assert "cifar_resnet20" in f.read()
     # trained: the output layers of the decoders (zero at initialisation) have moved
@@ -85,11 +87,11 @@ def test_train_metanetwork_two_processes(two_process_run):
     assert all(dec.out[-1].weight.abs().sum() > 0 for dec in model.edge_decoders.values())
 
 
-def test_one_process_matches_two_processes(tiny_zoo, two_process_run, tmp_path):
+def test_one_process_matches_two_processes(zoo_dir, two_process_run, tmp_path):
     """Same global batch of data models (1 x 2 vs 2 x 1) and seed: same metanetwork after MAX_STEPS steps."""
     two_out, _ = two_process_run
     one_out = str(tmp_path / "metanetwork_1proc")
-    stdout = _train_metanetwork(tiny_zoo, one_out, ["--cpu", "--num_processes", "1"], batch_size=2)
+    stdout = _train_metanetwork(zoo_dir, one_out, ["--cpu", "--num_processes", "1"], batch_size=2)
     assert "1 process(es)" in stdout
     one = load_file(os.path.join(one_out, "final", "model.safetensors"))
     two = load_file(os.path.join(two_out, "final", "model.safetensors"))

@@ -51,6 +51,9 @@ class MetaPrunerTrainingArguments(TrainingArguments):
     probe_finetune_steps: int = field(default=50, metadata={"help": "SGD steps after pruning in evaluation"})
     probe_learning_rate: float = field(default=0.01, metadata={"help": "learning rate of the probe finetune"})
     probe_eval_samples: int | None = field(default=None, metadata={"help": "validation images per probe"})
+    dataloader_drop_last: bool = field(default=True, metadata={
+        "help": "drop an incomplete last batch of data models (Accelerate would pad it with repeats, so results "
+                "would depend on the process count)"})
 
     def __post_init__(self):
         self.remove_unused_columns = False

@@ -16,6 +16,7 @@ import datasets
 import safetensors.torch
 import timm
 import torch
+from accelerate import PartialState
 from torch import nn
 
 from ..data import ImageClassificationData
@@ -164,10 +165,14 @@ def train_zoo(
             result = finetune(pruned, data, run_dir + "-pruned", epochs=finetune_epochs, seed=s, **finetune_kwargs)
         macs, _ = count_macs_and_params(result.model, x)
         rows.append(DataModelZoo.encode(result.model, architecture, model_kwargs, s, result.val_accuracy, macs))
-        _write_atomically(rows, zoo_dir)
-        print(f"[zoo] {architecture} seed {s}: val acc {result.val_accuracy:.4f}, {macs / 1e6:.1f}M MACs, "
-              f"{time.time() - start:.0f}s ({len(rows)}/{num_models})", flush=True)
-        shutil.rmtree(os.path.join(output_dir, "runs"), ignore_errors=True)  # checkpoints live in the zoo now
+        state = PartialState()  # under `accelerate launch` every process trains; one writes
+        state.wait_for_everyone()
+        if state.is_main_process:
+            _write_atomically(rows, zoo_dir)
+            print(f"[zoo] {architecture} seed {s}: val acc {result.val_accuracy:.4f}, {macs / 1e6:.1f}M MACs, "
+                  f"{time.time() - start:.0f}s ({len(rows)}/{num_models})", flush=True)
+            shutil.rmtree(os.path.join(output_dir, "runs"), ignore_errors=True)  # checkpoints live in the zoo now
+        state.wait_for_everyone()
     return DataModelZoo.load(zoo_dir)
 
 
