@@ -229,3 +229,34 @@ def test_prune_and_finetune_runs_the_published_pipeline(tiny_zoo, cifar_small, t
     hm.save_pruned(result.model, tmp_path / "pruned")
     x = cifar_small.example_inputs(4)
     assert torch.allclose(hm.load_pruned(tmp_path / "pruned")(x), result.model.eval()(x), atol=1e-5)
+
+
+def test_group_sparsity_penalty_matches_a_direct_computation_and_its_relative_form_is_scale_free():
+    from hf_metaprune.training.objectives import ChannelGroups, sparsity_penalty
+
+    torch.manual_seed(0)
+    model = hm.models.CifarResNet(depth=8, widths=(4, 8, 8)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+    groups = ChannelGroups.from_model(model, torch.randn(1, 3, 32, 32))
+    params = dict(model.named_parameters())
+    sq = groups.unit_sq_norms(params)
+    # layer1.0's inner channels: conv1 rows, bn1 weight and bias, conv2 columns
+    block = model.layer1[0]
+    direct = (block.conv1.weight.pow(2).sum((1, 2, 3)) + block.bn1.weight.pow(2) + block.bn1.bias.pow(2)
+              + block.conv2.weight.pow(2).sum((0, 2, 3))).detach()
+    per_group = [sq[groups.group_of_unit == g] for g in range(groups.num_groups)]
+    assert any(u.shape == direct.shape and torch.allclose(u, direct, rtol=1e-5) for u in per_group)
+    # γ: α for the weakest unit of every group, 1 for the strongest
+    gamma = groups.gamma(sq.sqrt(), alpha=16.0)
+    for g in range(groups.num_groups):
+        assert gamma[groups.group_of_unit == g].max().item() == pytest.approx(16.0)
+        assert gamma[groups.group_of_unit == g].min().item() == pytest.approx(1.0)
+    # scaling every weight by 3 scales the penalty by 9, and leaves the relative (scale-free) form unchanged
+    scaled = {k: 3 * v for k, v in params.items()}
+    absolute, relative = sparsity_penalty(groups, params)[0], sparsity_penalty(groups, params, relative=True)[0]
+    assert sparsity_penalty(groups, scaled)[0].item() == pytest.approx(9 * absolute.item(), rel=1e-4)
+    assert sparsity_penalty(groups, scaled, relative=True)[0].item() == pytest.approx(relative.item(), rel=1e-4)

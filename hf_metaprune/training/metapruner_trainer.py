@@ -43,6 +43,8 @@ class MetaPrunerTrainingArguments(TrainingArguments):
 
     sparsity_lambda: float = field(default=1e-4, metadata={"help": "λ of the group-norm sparsity term"})
     sparsity_alpha: float = field(default=16.0, metadata={"help": "α of DepGraph's per-unit weights γ"})
+    sparsity_relative: bool = field(default=False, metadata={
+        "help": "divide each unit's term by its group's mean squared norm: scale-free, rewards concentration only"})
     task_batch_size: int = field(default=128, metadata={"help": "images per task batch"})
     task_batches_per_step: int = field(default=8, metadata={"help": "task batches per GNN backward"})
     weak_group_threshold: float = field(default=0.5, metadata={
@@ -167,7 +169,7 @@ class MetaPrunerTrainer(Trainer):
             tensors = new_graph.tensors()
             params = {n: tensors[n] for n in target.param_names}
             ce, grads = self._task_gradient(target, params, index)
-            penalty, norms = sparsity_penalty(target.groups, params, args.sparsity_alpha)
+            penalty, norms = sparsity_penalty(target.groups, params, args.sparsity_alpha, args.sparsity_relative)
             inner = sum((params[n] * grads[n]).sum() for n in params)
             surrogate = surrogate + inner + args.sparsity_lambda * penalty
             value = value + ce + args.sparsity_lambda * penalty.detach()

@@ -97,12 +97,20 @@ def _is_depthwise(module: nn.Module) -> bool:
     return isinstance(module, nn.modules.conv._ConvNd) and module.groups == module.out_channels > 1
 
 
-def sparsity_penalty(groups: ChannelGroups, params: dict[str, torch.Tensor], alpha: float = 16.0
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``Σ_u γ_u ||W_u||²`` and the per-unit norms ``||W_u||`` (detached, for statistics)."""
+def sparsity_penalty(groups: ChannelGroups, params: dict[str, torch.Tensor], alpha: float = 16.0,
+                     relative: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Σ_u γ_u ||W_u||²`` and the per-unit norms ``||W_u||`` (detached, for statistics).
+
+    ``relative=True`` divides each unit's term by its group's mean ``||W_u||²`` (not detached): scaling a whole
+    group then changes nothing, so the only way down is to concentrate the norm in fewer units — which is what
+    the group criterion ranks on (Torch-Pruning normalises importance by the group mean).
+    """
     sq = groups.unit_sq_norms(params)
     norms = sq.detach().sqrt()
-    return (groups.gamma(norms, alpha) * sq).sum(), norms
+    weighted = groups.gamma(norms, alpha) * sq
+    if relative:
+        weighted = weighted / groups.group_reduce(sq, "mean").clamp_min(1e-12)
+    return weighted.sum(), norms
 
 
 def group_norm_stats(groups: ChannelGroups, norms: torch.Tensor, weak_threshold: float = 0.1,
