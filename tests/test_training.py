@@ -4,7 +4,6 @@ import os
 import datasets
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import hf_metaprune as hm
 from hf_metaprune.training import (DataModelZoo, MetaPrunerTrainer, MetaPrunerTrainingArguments, evaluate_accuracy,

@@ -20,7 +20,6 @@ import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
