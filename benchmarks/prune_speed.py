@@ -13,14 +13,13 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import time
 
 import timm
 import torch
 
 import hf_metaprune as hm
-from hf_metaprune.pruning import prune_to_speedup
+from hf_metaprune.pruning import measure_latency, prune_to_speedup
 
 # Published metanetwork sizes (DESIGN.md): ResNet-56 8 layers x 64 hidden, ResNet-50 6 x 16.
 METANET = {"cifar_resnet56": dict(num_layers=8, hidden_size=64), "resnet50": dict(num_layers=6, hidden_size=16)}
@@ -29,20 +28,6 @@ RESOLUTION = {"cifar_resnet56": 32, "resnet50": 224}
 
 def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-def latency_ms(models: dict, x: torch.Tensor, repeats: int) -> dict[str, float]:
-    """Median latency per model, alternating models every repeat so drift affects both equally."""
-    times = {k: [] for k in models}
-    with torch.inference_mode():
-        for m in models.values():
-            m(x)
-        for _ in range(repeats):
-            for k, m in models.items():
-                t = time.perf_counter()
-                m(x)
-                times[k].append((time.perf_counter() - t) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def run(name: str, speed_up: float, batch: int, repeats: int) -> dict:
@@ -63,7 +48,8 @@ def run(name: str, speed_up: float, batch: int, repeats: int) -> dict:
     t3 = time.perf_counter()
 
     xb = torch.randn(batch, 3, res, res)
-    lat = latency_ms({"original": model, "pruned": result.model.eval()}, xb, repeats)
+    lat = {k: v * 1e3 for k, v in measure_latency({"original": model, "pruned": result.model}, xb, runs=repeats,
+                                                  warmup=1).items()}
     return {
         "model": name,
         "target_speed_up": speed_up,

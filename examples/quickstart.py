@@ -18,10 +18,8 @@ numbers, or use examples/train_zoo.py, train_metanetwork.py and prune_and_finetu
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
-import statistics
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -104,26 +102,6 @@ def train_metanetwork(args: QuickstartArguments, zoo: hm.DataModelZoo, data, dev
     return trainer.accelerator.unwrap_model(trainer.model).eval(), final
 
 
-@torch.inference_mode()
-def measure_latency(models: dict[str, torch.nn.Module], x: torch.Tensor, runs: int) -> dict[str, float]:
-    """Median seconds per forward at ``x``'s batch size; models timed interleaved so load affects all alike.
-
-    Copies in channels_last (the fast CPU layout, also used for training) are timed; ``models`` are untouched.
-    """
-    models = {name: copy.deepcopy(m).eval().to(memory_format=torch.channels_last) for name, m in models.items()}
-    x = x.contiguous(memory_format=torch.channels_last)
-    for m in models.values():
-        for _ in range(3):  # warm-up (allocator, oneDNN kernels)
-            m(x)
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(runs):
-        for name, m in models.items():
-            start = time.perf_counter()
-            m(x)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def markdown_table(rows: list[dict]) -> str:
     lines = ["| method | val accuracy | test accuracy | MACs | params | CPU latency (ms, batch {}) |".format(
         rows[0]["latency_batch_size"]), "|---|---|---|---|---|---|"]
@@ -194,7 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
     if state.is_main_process:  # timing with all processes running would measure contention
         for row in rows:
             row["test_accuracy"] = evaluate_accuracy(models[row["method"]], data, split="test")
-        latency = measure_latency(models, data.example_inputs(args.latency_batch_size), args.latency_runs)
+        latency = hm.pruning.measure_latency(models, data.example_inputs(args.latency_batch_size),
+                                             runs=args.latency_runs, channels_last=True)
         for row in rows:
             row.update(latency_s=latency[row["method"]], latency_batch_size=args.latency_batch_size)
         stage_seconds["final_evaluation"] = time.time() - t

@@ -52,8 +52,8 @@ class ImageClassificationData:
     def image_size(self) -> int:
         return self.train.images.shape[-1]
 
-    def collator(self, augment: bool = False) -> "ImageCollator":
-        return ImageCollator(self.mean, self.std, augment=augment)
+    def collator(self, augment: bool = False, generator: torch.Generator | None = None) -> "ImageCollator":
+        return ImageCollator(self.mean, self.std, augment=augment, generator=generator)
 
     def example_inputs(self, batch_size: int = 1) -> torch.Tensor:
         """A normalised batch of validation images, for tracing and MACs counting."""

@@ -80,3 +80,14 @@ def test_load_pruned_errors(tmp_path):
         load_pruned(tmp_path / "b")
     with pytest.raises(ValueError, match="architecture"):
         save_pruned(nn.Sequential(nn.Linear(2, 2)), tmp_path / "c")
+
+
+def test_measure_latency_times_every_model_and_leaves_them_as_they_were():
+    from hf_metaprune.pruning import measure_latency
+
+    model = make_model("cifar_resnet20")
+    pruned = prune_to_speedup(model, example_input(32), 2.0).model
+    x = torch.randn(8, 3, 32, 32)
+    latency = measure_latency({"original": model, "pruned": pruned}, x, runs=3, warmup=1, channels_last=True)
+    assert set(latency) == {"original", "pruned"} and all(t > 0 for t in latency.values())
+    assert model.conv1.weight.is_contiguous() and pruned.conv1.weight.is_contiguous()  # copies were converted

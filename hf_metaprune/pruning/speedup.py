@@ -8,6 +8,8 @@ default, the DepGraph criterion) and removes the least important ones. Step size
 from __future__ import annotations
 
 import copy
+import statistics
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -66,6 +68,31 @@ def _count_macs(model: nn.Module, example_inputs: Any) -> tuple[float, dict[nn.M
                if "." in name}
     per_module = {m: by_name.get(n, 0.0) for n, m in model.named_modules() if n}
     return counter.get_total_flops() / 2, per_module
+
+
+@torch.inference_mode()
+def measure_latency(models: dict[str, nn.Module], example_inputs: Any, runs: int = 20, warmup: int = 3,
+                    channels_last: bool = False) -> dict[str, float]:
+    """Median seconds per forward of each model on ``example_inputs``.
+
+    Models are timed interleaved, one call each per round, so machine load drifts affect all of them alike;
+    MACs ratios alone say nothing about real speed. ``channels_last`` times channels-last copies (the fast CPU
+    layout; the models passed in keep their memory format). Models are put in eval mode.
+    """
+    if channels_last:
+        models = {k: copy.deepcopy(m).to(memory_format=torch.channels_last) for k, m in models.items()}
+        example_inputs = example_inputs.contiguous(memory_format=torch.channels_last)
+    for m in models.values():
+        m.eval()
+        for _ in range(warmup):  # allocator, oneDNN kernel selection
+            _call(m, example_inputs)
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(runs):
+        for k, m in models.items():
+            start = time.perf_counter()
+            _call(m, example_inputs)
+            times[k].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _call(model: nn.Module, example_inputs: Any):

@@ -16,6 +16,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from ..data import ImageClassificationData, TensorImageDataset, accuracy
+from ..modeling_metapruner import _device_of
 from .objectives import ChannelGroups, sparsity_penalty
 
 
@@ -129,8 +130,8 @@ def finetune(
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
-    example = data.example_inputs().to(_device_of(model))
-    groups = ChannelGroups.from_model(model, example) if sparsity_lambda > 0 else None
+    groups = ChannelGroups.from_model(model, data.example_inputs().to(_device_of(model))) if sparsity_lambda > 0 \
+        else None
     if epochs == 0 and max_steps <= 0:
         return FinetuneResult(model, evaluate_accuracy(model, data, batch_size=2 * batch_size))
     defaults = dict(
@@ -175,8 +176,3 @@ def evaluate_accuracy(model: nn.Module, data: ImageClassificationData, split: st
         correct += int((logits.argmax(-1).cpu() == batch["labels"]).sum())
     model.train(was_training)
     return correct / max(len(dataset), 1)
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")

@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from accelerate.utils import gather_object
 from torch.func import functional_call
 from transformers import Trainer, TrainingArguments
 
-from ..data import ImageClassificationData, ImageCollator
+from ..data import ImageClassificationData
 from ..graph import NetworkGraph, model_to_graph
 from ..modeling_metapruner import MetaPrunerModel
 from ..pruning import prune_to_speedup
@@ -150,7 +151,7 @@ class MetaPrunerTrainer(Trainer):
         g = torch.Generator().manual_seed(_seed(args.seed, self.state.global_step, index))
         n, b, k = len(self.data.train), args.task_batch_size, args.task_batches_per_step
         order = torch.randperm(n, generator=g)[: b * k] if b * k <= n else torch.randint(n, (b * k,), generator=g)
-        collate = ImageCollator(self.data.mean, self.data.std, augment=True, generator=g)
+        collate = self.data.collator(augment=True, generator=g)
         batches = []
         for j in range(k):
             batch = collate([self.data.train[int(i)] for i in order[j * b:(j + 1) * b]])
@@ -222,7 +223,7 @@ class MetaPrunerTrainer(Trainer):
         indices = list(range(len(self.eval_zoo)))
         with self.accelerator.split_between_processes(indices) as mine:
             local = [self._probe(metapruner, i, with_baseline=self._baseline_probe is None) for i in mine]
-        rows = [r for part in _gather(self.accelerator, local) for r in part]
+        rows = [r for part in gather_object([local]) for r in part]
         metapruner.train(was_training)
         metrics = {f"{metric_key_prefix}_{k}": sum(r[k] for r in rows) / len(rows) for k in rows[0] if k != "baseline"}
         if self._baseline_probe is None:
@@ -257,7 +258,7 @@ class MetaPrunerTrainer(Trainer):
         """A short, deterministic SGD finetune (a local loop: each process probes its own data models)."""
         args = self.args
         g = torch.Generator().manual_seed(_seed(args.seed, -1, index))
-        collate = ImageCollator(self.data.mean, self.data.std, augment=True, generator=g)
+        collate = self.data.collator(augment=True, generator=g)
         opt = torch.optim.SGD(model.parameters(), lr=args.probe_learning_rate, momentum=0.9, weight_decay=5e-4)
         model.train()
         with torch.enable_grad():
@@ -287,11 +288,3 @@ def _seed(*parts: int) -> int:
     for p in parts:
         seed = (seed * 1_000_003 + p + 1) % (2 ** 62)
     return seed
-
-
-def _gather(accelerator, local: list) -> list[list]:
-    if accelerator.num_processes == 1:
-        return [local]
-    from accelerate.utils import gather_object
-
-    return gather_object([local])

@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from ..data import ImageClassificationData
-from ..modeling_metapruner import MetaPrunerModel
+from ..modeling_metapruner import MetaPrunerModel, _device_of
 from ..pruning import PruneResult, prune_to_speedup
 from .finetune import evaluate_accuracy, finetune
 
@@ -50,7 +50,7 @@ def prune_and_finetune(
     :func:`finetune` for both training stages.
     """
     times, accs = {}, {}
-    x = data.example_inputs().to(next(model.parameters()).device)
+    x = data.example_inputs().to(_device_of(model))
     start = time.time()
     if metapruner is not None:
         current = metapruner.transform(model, x)
@@ -61,10 +61,10 @@ def prune_and_finetune(
     teacher = _frozen_copy(model) if distill else None
     if transform_epochs > 0:
         start = time.time()
-        current = finetune(current, data, os.path.join(output_dir, "pre_prune"), epochs=transform_epochs,
-                           sparsity_lambda=sparsity_lambda, **finetune_kwargs).model
+        trained = finetune(current, data, os.path.join(output_dir, "pre_prune"), epochs=transform_epochs,
+                           sparsity_lambda=sparsity_lambda, **finetune_kwargs)
         times["pre_prune_training"] = time.time() - start
-        accs["pre_prune"] = evaluate_accuracy(current, data)
+        current, accs["pre_prune"] = trained.model, trained.val_accuracy
     start = time.time()
     result = prune_to_speedup(current, x, speed_up, importance=importance, inplace=True, **(prune_kwargs or {}))
     times["prune"] = time.time() - start
