@@ -23,5 +23,8 @@ setup(
         "safetensors>=0.4",
         "jinja2",  # model cards
     ],
-    extras_require={"dev": ["pytest>=8"]},
+    extras_require={
+        "bench": ["matplotlib"],  # benchmarks/cifar.py plots
+        "dev": ["pytest>=8", "matplotlib"],
+    },
 )

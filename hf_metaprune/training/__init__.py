@@ -2,9 +2,9 @@
 from .finetune import ClassifierTrainer, FinetuneResult, evaluate_accuracy, finetune
 from .metapruner_trainer import MetaPrunerTrainer, MetaPrunerTrainingArguments
 from .objectives import ChannelGroups, group_norm_stats, sparsity_penalty
-from .pipeline import PipelineResult, prune_and_finetune
+from .pipeline import PipelineResult, PrePruneResult, pre_prune, prune_and_finetune
 from .zoo import DataModelZoo, train_zoo
 
 __all__ = ["ChannelGroups", "ClassifierTrainer", "DataModelZoo", "FinetuneResult", "MetaPrunerTrainer",
-           "MetaPrunerTrainingArguments", "PipelineResult", "evaluate_accuracy", "finetune", "group_norm_stats",
-           "prune_and_finetune", "sparsity_penalty", "train_zoo"]
+           "MetaPrunerTrainingArguments", "PipelineResult", "PrePruneResult", "evaluate_accuracy", "finetune", "group_norm_stats",
+           "pre_prune", "prune_and_finetune", "sparsity_penalty", "train_zoo"]

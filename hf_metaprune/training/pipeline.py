@@ -28,6 +28,46 @@ class PipelineResult:
     stage_val_accuracy: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class PrePruneResult:
+    """The network after the pre-prune stage, ready to be pruned (to one or several speed-ups)."""
+    model: nn.Module
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    stage_val_accuracy: dict[str, float] = field(default_factory=dict)
+
+
+def pre_prune(
+    model: nn.Module,
+    data: ImageClassificationData,
+    output_dir: str,
+    metapruner: MetaPrunerModel | None = None,
+    epochs: float = 0.0,
+    sparsity_lambda: float = 0.0,
+    **finetune_kwargs: Any,
+) -> PrePruneResult:
+    """Stages 1–2 of the pipeline on a copy of ``model``: transform with ``metapruner`` (if given), then train
+    ``epochs`` (DepGraph sparse learning when ``sparsity_lambda > 0``, plain training otherwise).
+
+    Separate from pruning because the stage does not depend on the target speed-up: a benchmark runs it once and
+    prunes the result to every speed-up.
+    """
+    times, accs = {}, {}
+    start = time.time()
+    if metapruner is not None:
+        current = metapruner.transform(model, data.example_inputs().to(_device_of(model)))
+        times["transform"] = time.time() - start
+        accs["transformed"] = evaluate_accuracy(current, data)
+    else:
+        current = copy.deepcopy(model)
+    if epochs > 0:
+        start = time.time()
+        trained = finetune(current, data, os.path.join(output_dir, "pre_prune"), epochs=epochs,
+                           sparsity_lambda=sparsity_lambda, **finetune_kwargs)
+        times["pre_prune_training"] = time.time() - start
+        current, accs["pre_prune"] = trained.model, trained.val_accuracy
+    return PrePruneResult(current, times, accs)
+
+
 def prune_and_finetune(
     model: nn.Module,
     data: ImageClassificationData,
@@ -49,24 +89,12 @@ def prune_and_finetune(
     ``finetune_epochs``, distilling from the unpruned model when ``distill``. Keyword arguments go to
     :func:`finetune` for both training stages.
     """
-    times, accs = {}, {}
-    x = data.example_inputs().to(_device_of(model))
-    start = time.time()
-    if metapruner is not None:
-        current = metapruner.transform(model, x)
-        times["transform"] = time.time() - start
-        accs["transformed"] = evaluate_accuracy(current, data)
-    else:
-        current = copy.deepcopy(model)
+    pre = pre_prune(model, data, output_dir, metapruner, transform_epochs, sparsity_lambda, **finetune_kwargs)
+    times, accs = pre.stage_seconds, pre.stage_val_accuracy
     teacher = _frozen_copy(model) if distill else None
-    if transform_epochs > 0:
-        start = time.time()
-        trained = finetune(current, data, os.path.join(output_dir, "pre_prune"), epochs=transform_epochs,
-                           sparsity_lambda=sparsity_lambda, **finetune_kwargs)
-        times["pre_prune_training"] = time.time() - start
-        current, accs["pre_prune"] = trained.model, trained.val_accuracy
     start = time.time()
-    result = prune_to_speedup(current, x, speed_up, importance=importance, inplace=True, **(prune_kwargs or {}))
+    x = data.example_inputs().to(_device_of(model))
+    result = prune_to_speedup(pre.model, x, speed_up, importance=importance, inplace=True, **(prune_kwargs or {}))
     times["prune"] = time.time() - start
     accs["pruned"] = evaluate_accuracy(result.model, data)
     start = time.time()

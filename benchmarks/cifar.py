@@ -1,0 +1,438 @@
+"""CIFAR benchmark: metanetwork pruning against DepGraph baselines on real data, several seeds, one table.
+
+    python benchmarks/cifar.py --preset cpu-small                 # ResNet-20 / CIFAR-10, <= 2 h on 2 CPU cores
+    python benchmarks/cifar.py --preset paper                     # ResNet-56 / CIFAR-10 at 2.3x and 3x (GPU)
+    python benchmarks/cifar.py --preset paper-vgg19               # VGG-19-BN / CIFAR-100 at 8.95x (GPU, needs the data)
+    python benchmarks/cifar.py --preset cpu-small --num_seeds 5 --post_epochs 8    # any field overrides the preset
+
+Every method prunes the *same* base models (one per seed) and gets the *same* training budget after them:
+``pre_epochs`` before pruning and ``post_epochs`` after, each a cosine SGD schedule of the same shape.
+
+1. ``DepGraph w/o SL``  plain training for ``pre_epochs`` → group-L2 pruning → finetune
+2. ``DepGraph + SL``    group-norm sparse learning (γ-weighted, Torch-Pruning's groups) → group-L2 pruning → finetune
+3. ``random``           plain training (shared with 1) → random channel pruning → finetune
+4. ``metanetwork``      metanetwork transform → finetune → group-L2 pruning → finetune
+
+The metanetwork is meta-trained on a separate zoo of data models (other seeds, same recipe as the base models);
+every candidate in ``--meta_learning_rate / --meta_sparsity_lambda / --meta_sparsity_relative`` (zipped) is trained
+with prune-and-probe evaluation on held-out data models, and the checkpoint and candidate with the best probe accuracy
+on the validation split are used. Finetuning keeps each run's best epoch on the validation split; the test split is
+read once per final model. Everything is cached in ``--output_dir``: an interrupted run resumes where it stopped.
+
+Writes ``<results_dir>/cifar_<preset>.json`` (all runs, stage wall times, arguments), ``.md`` (the table) and two
+plots: ``_accuracy.png`` (test accuracy vs speed-up) and ``_widths.png`` (per-layer kept channels, first seed).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import torch
+from transformers import HfArgumentParser, set_seed
+
+warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")  # torch_geometric, at import
+
+import hf_metaprune as hm  # noqa: E402
+from hf_metaprune.pruning.speedup import module_widths  # noqa: E402
+from hf_metaprune.training import evaluate_accuracy, pre_prune  # noqa: E402
+
+PRESETS: dict[str, dict] = {
+    # ~80 min on 2 idle CPU cores: 20k training images (2k of them validation), 8-epoch base models
+    "cpu-small": dict(
+        architecture="cifar_resnet20", dataset="../shared/data/cifar10", max_train_samples=20000, val_size=2000,
+        num_seeds=3, base_epochs=8.0, num_zoo_models=4, num_eval_zoo_models=1,
+        hidden_size=32, num_layers=4, residual_scale=0.1, meta_max_steps=150, meta_eval_steps=50,
+        meta_learning_rate=[1e-3, 1e-2, 3e-3], meta_sparsity_lambda=[3e-3, 1e-2, 3e-2],
+        meta_sparsity_relative=[False, True, True], task_batch_size=64, task_batches_per_step=2,
+        speed_ups=[2.0, 3.0], pre_epochs=2.0, post_epochs=4.0, sl_lambda=2.5e-3),
+    # the published ResNet-56 protocol (GPU): 200-epoch base models, 10 data models, 100 + 100 finetuning epochs
+    "paper": dict(
+        architecture="cifar_resnet56", dataset="../shared/data/cifar10", max_train_samples=0, val_size=5000,
+        num_seeds=3, base_epochs=200.0, num_zoo_models=10, num_eval_zoo_models=2, zoo_prune_speed_up=1.3,
+        zoo_finetune_epochs=20.0, hidden_size=64, num_layers=8, residual_scale=0.01, meta_max_steps=2000,
+        meta_eval_steps=200, meta_learning_rate=[1e-3], meta_sparsity_lambda=[3e-3], meta_sparsity_relative=[False],
+        task_batch_size=128, task_batches_per_step=8, speed_ups=[2.3, 3.0], pre_epochs=100.0, post_epochs=100.0,
+        sl_lambda=2.5e-4),
+    # VGG-19-BN / CIFAR-100 at 8.95x (GPU); CIFAR-100 is not in ../shared/data: pass a local copy or use the Hub
+    "paper-vgg19": dict(
+        architecture="cifar_vgg19_bn", dataset="uoft-cs/cifar100", label_column="fine_label", max_train_samples=0,
+        val_size=5000, num_seeds=3, base_epochs=200.0, num_zoo_models=10, num_eval_zoo_models=2,
+        zoo_prune_speed_up=1.3, zoo_finetune_epochs=20.0, hidden_size=32, num_layers=8, residual_scale=0.05,
+        meta_max_steps=2000, meta_eval_steps=200, meta_learning_rate=[1e-3], meta_sparsity_lambda=[3e-3],
+        meta_sparsity_relative=[False], task_batch_size=128, task_batches_per_step=8, speed_ups=[8.95],
+        pre_epochs=100.0, post_epochs=100.0, sl_lambda=2.5e-4),
+}
+
+METHODS = (  # (name, pre-prune stage, pruning criterion)
+    ("DepGraph w/o SL", "plain", "group_l2"),
+    ("DepGraph + SL", "sparse", "group_l2"),
+    ("random", "plain", "random"),
+    ("metanetwork", "metanetwork", "group_l2"),
+)
+
+
+@dataclass
+class BenchmarkArguments:
+    preset: str = field(default="cpu-small", metadata={"help": f"one of {sorted(PRESETS)}; other flags override it"})
+    output_dir: str | None = field(default=None, metadata={"help": "cache of all models (default outputs/cifar-<preset>)"})
+    results_dir: str = field(default="results", metadata={"help": "where the JSON, table and plots go"})
+    # data
+    dataset: str = field(default="../shared/data/cifar10", metadata={"help": "local parquet folder/file or Hub id"})
+    image_column: str | None = field(default=None)
+    label_column: str | None = field(default=None)
+    max_train_samples: int = field(default=0, metadata={"help": "first N training rows (0: all)"})
+    val_size: int = field(default=5000, metadata={"help": "validation images carved from those rows"})
+    max_test_samples: int = field(default=0, metadata={"help": "first N test rows (0: all)"})
+    # base models and the zoo (one recipe for both)
+    architecture: str = field(default="cifar_resnet20")
+    num_seeds: int = field(default=3, metadata={"help": "base models = seeds 0..num_seeds-1"})
+    base_epochs: float = field(default=8.0)
+    base_learning_rate: float = field(default=0.1)
+    batch_size: int = field(default=128)
+    num_zoo_models: int = field(default=4, metadata={"help": "data models (further seeds), incl. held-out ones"})
+    num_eval_zoo_models: int = field(default=1, metadata={"help": "data models held out for prune-and-probe"})
+    zoo_prune_speed_up: float = field(default=0.0, metadata={"help": "lightly prune data models (0: no)"})
+    zoo_finetune_epochs: float = field(default=0.0)
+    # metanetwork
+    hidden_size: int = field(default=32)
+    num_layers: int = field(default=4)
+    residual_scale: float = field(default=0.1, metadata={"help": "ε"})
+    meta_max_steps: int = field(default=150)
+    meta_eval_steps: int = field(default=50)
+    meta_learning_rate: list[float] = field(default_factory=lambda: [1e-3])
+    meta_sparsity_lambda: list[float] = field(default_factory=lambda: [3e-3])
+    meta_sparsity_relative: list[bool] = field(default_factory=lambda: [False])
+    task_batch_size: int = field(default=64)
+    task_batches_per_step: int = field(default=2)
+    probe_finetune_steps: int = field(default=50)
+    # pruning and finetuning
+    speed_ups: list[float] = field(default_factory=lambda: [2.0, 3.0], metadata={"help": "target MACs speed-ups"})
+    pre_epochs: float = field(default=2.0, metadata={"help": "training epochs before pruning (every method)"})
+    post_epochs: float = field(default=4.0, metadata={"help": "finetuning epochs after pruning (every method)"})
+    finetune_learning_rate: float = field(default=0.01)
+    sl_lambda: float = field(default=2.5e-3, metadata={"help": "DepGraph sparse-learning strength"})
+    # reporting
+    latency_batch_size: int = field(default=64)
+    latency_runs: int = field(default=10)
+    disable_tqdm: bool = field(default=True)
+
+    def __post_init__(self):
+        self.output_dir = self.output_dir or f"outputs/cifar-{self.preset}"
+        n = len(self.meta_learning_rate)
+        lists = (self.meta_sparsity_lambda, self.meta_sparsity_relative)
+        if any(len(v) not in (1, n) for v in lists):
+            raise ValueError("--meta_learning_rate, --meta_sparsity_lambda and --meta_sparsity_relative are zipped "
+                             "into candidates: give each one value or the same number of values")
+        if self.num_eval_zoo_models < 1 or self.num_zoo_models <= self.num_eval_zoo_models:
+            raise ValueError(f"need at least one held-out and one training data model, got num_zoo_models="
+                             f"{self.num_zoo_models}, num_eval_zoo_models={self.num_eval_zoo_models}")
+        if self.num_seeds < 1 or not self.speed_ups or min(self.speed_ups) <= 1:
+            raise ValueError("need num_seeds >= 1 and speed-ups > 1")
+
+    def candidates(self) -> list[dict]:
+        n = len(self.meta_learning_rate)
+        pick = lambda v, i: v[i] if len(v) > 1 else v[0]  # noqa: E731
+        return [dict(learning_rate=self.meta_learning_rate[i], sparsity_lambda=pick(self.meta_sparsity_lambda, i),
+                     sparsity_relative=pick(self.meta_sparsity_relative, i)) for i in range(n)]
+
+
+def parse_args(argv: list[str] | None = None) -> BenchmarkArguments:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    preset = "cpu-small"
+    for i, a in enumerate(argv):
+        if a == "--preset" and i + 1 < len(argv):
+            preset = argv[i + 1]
+        elif a.startswith("--preset="):
+            preset = a.split("=", 1)[1]
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset '{preset}'; choose one of {sorted(PRESETS)}")
+    parser = HfArgumentParser(BenchmarkArguments)
+    parser.set_defaults(**PRESETS[preset])
+    (args,) = parser.parse_args_into_dataclasses(argv)
+    return args
+
+
+def log(message: str) -> None:
+    print(f"[cifar {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+class Cache:
+    """JSON records and pruned models under ``output_dir``, so an interrupted benchmark resumes."""
+
+    def __init__(self, root: str):
+        self.root = root
+
+    def record(self, name: str) -> dict | None:
+        path = os.path.join(self.root, name, "record.json")
+        return json.load(open(path)) if os.path.isfile(path) else None
+
+    def model(self, name: str) -> torch.nn.Module:
+        return hm.load_pruned(os.path.join(self.root, name, "model"))
+
+    def add_seconds(self, stage: str, seconds: float) -> dict[str, float]:
+        """Accumulate the wall time of ``stage`` over resumed runs (cached work adds ~0)."""
+        path = os.path.join(self.root, "stage_seconds.json")
+        times = json.load(open(path)) if os.path.isfile(path) else {}
+        times[stage] = times.get(stage, 0.0) + seconds
+        os.makedirs(self.root, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(times, f, indent=2)
+        return times
+
+    def save(self, name: str, model: torch.nn.Module, record: dict, architecture: str) -> None:
+        folder = os.path.join(self.root, name)
+        hm.save_pruned(model.cpu(), os.path.join(folder, "model"), architecture=architecture)
+        with open(os.path.join(folder, "record.json"), "w") as f:  # written last: marks the run complete
+            json.dump(record, f, indent=2)
+
+
+def train_metanetwork(args, candidate: dict, index: int, train_zoo, eval_zoo, data, common: dict):
+    """Meta-train one candidate with prune-and-probe checkpoint selection; cached in its folder."""
+    run_dir = os.path.join(args.output_dir, "metanetwork", f"candidate-{index}")
+    final = os.path.join(run_dir, "final")
+    if not os.path.isfile(os.path.join(final, "config.json")):
+        set_seed(0)
+        graph = hm.model_to_graph(train_zoo.model(0), data.example_inputs())
+        config = hm.MetaPrunerConfig.for_graphs([graph], hidden_size=args.hidden_size, num_layers=args.num_layers,
+                                                residual_scale=args.residual_scale, dataset=args.dataset)
+        training_args = hm.MetaPrunerTrainingArguments(
+            output_dir=run_dir, max_steps=args.meta_max_steps, per_device_train_batch_size=1,
+            learning_rate=candidate["learning_rate"], sparsity_lambda=candidate["sparsity_lambda"],
+            sparsity_relative=candidate["sparsity_relative"], optim="adamw_torch", weight_decay=0.0,
+            lr_scheduler_type="constant", task_batch_size=args.task_batch_size,
+            task_batches_per_step=args.task_batches_per_step, probe_speed_up=min(args.speed_ups),
+            probe_finetune_steps=args.probe_finetune_steps, probe_learning_rate=args.finetune_learning_rate,
+            eval_strategy="steps", eval_steps=args.meta_eval_steps, save_strategy="steps",
+            save_steps=args.meta_eval_steps, save_total_limit=1, load_best_model_at_end=True, seed=0,
+            dataloader_drop_last=True, logging_steps=10, **common)
+        trainer = hm.MetaPrunerTrainer(hm.MetaPrunerModel(config), training_args, train_zoo, data, eval_zoo=eval_zoo)
+        trainer.train()
+        trainer.save_model(final)
+        if os.path.isfile(os.path.join(final, "training_args.bin")):
+            os.remove(os.path.join(final, "training_args.bin"))  # pickled arguments: not part of the model
+        history = [h for h in trainer.state.log_history if "eval_probe_accuracy" in h or "ce_loss" in h]
+        with open(os.path.join(run_dir, "log_history.json"), "w") as f:
+            json.dump(history, f, indent=2)
+    model = hm.MetaPrunerModel.from_pretrained(final).eval()
+    return model, final, dict(model.config.validation_scores or {})
+
+
+def summarize(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def markdown_table(base: dict, rows: list[dict], latency_batch_size: int) -> str:
+    pm = lambda s, scale=100: f"{s['mean'] * scale:.2f} ± {s['std'] * scale:.2f}"  # noqa: E731
+    lines = [f"| method | target | MACs speed-up | params | val acc (%) | test acc (%) | CPU latency "
+             f"(ms, batch {latency_batch_size}) |", "|---|---|---|---|---|---|---|"]
+    lines.append(f"| base model | 1× | 1.00× | {base['params'] / 1e3:.1f}k | {pm(base['val_accuracy'])} | "
+                 f"{pm(base['test_accuracy'])} | {pm(base['latency_s'], 1e3)} |")
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['target_speed_up']:g}× | {r['speed_up']['mean']:.2f}× | "
+                     f"{r['params']['mean'] / 1e3:.1f}k | {pm(r['val_accuracy'])} | {pm(r['test_accuracy'])} | "
+                     f"{pm(r['latency_s'], 1e3)} |")
+    return "\n".join(lines)
+
+
+def plot(summary: dict, widths: dict[str, dict[str, int]], speed_up: float, path_prefix: str) -> list[str]:
+    """Test accuracy vs speed-up (mean ± std per method); kept channels per layer of the first seed's models."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    base = summary["base"]["test_accuracy"]
+    ax.axhline(base["mean"] * 100, color="gray", ls="--", label="base model")
+    ax.axhspan((base["mean"] - base["std"]) * 100, (base["mean"] + base["std"]) * 100, color="gray", alpha=0.15)
+    for method, _, _ in METHODS:
+        rows = [r for r in summary["rows"] if r["method"] == method]
+        ax.errorbar([r["speed_up"]["mean"] for r in rows], [r["test_accuracy"]["mean"] * 100 for r in rows],
+                    yerr=[r["test_accuracy"]["std"] * 100 for r in rows], marker="o", capsize=3, label=method)
+    ax.set_xlabel("MACs speed-up")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{summary['arguments']['architecture']}: mean ± std over {summary['arguments']['num_seeds']} seeds")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths = [f"{path_prefix}_accuracy.png"]
+    fig.savefig(paths[0], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    layers = list(widths["base"])
+    for name, w in widths.items():
+        if name != "base":
+            ax.plot(range(len(layers)), [w[layer] / widths["base"][layer] for layer in layers], marker=".",
+                    label=name)
+    ax.set_xticks(range(len(layers)), layers, rotation=90, fontsize=6)
+    ax.set_ylabel("kept output channels (fraction)")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"{summary['arguments']['architecture']}: output channels kept per layer at {speed_up:g}× (seed 0)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(f"{path_prefix}_widths.png")
+    fig.savefig(paths[1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    cpu = not torch.cuda.is_available()
+    common = dict(report_to="none", disable_tqdm=args.disable_tqdm, use_cpu=cpu)
+    finetune_kwargs = dict(batch_size=args.batch_size, learning_rate=args.finetune_learning_rate, logging_steps=50,
+                           **common)
+    cache = Cache(args.output_dir)
+
+    data = hm.load_image_classification(args.dataset, val_size=args.val_size, seed=0,
+                                        max_train_samples=args.max_train_samples or None,
+                                        max_test_samples=args.max_test_samples or None,
+                                        image_column=args.image_column, label_column=args.label_column)
+    x = data.example_inputs()
+    log(f"{args.preset}: {args.architecture} on {args.dataset}: {len(data.train)} train / "
+        f"{len(data.validation)} validation / {len(data.test)} test images, {torch.get_num_threads()} threads")
+
+    # 1. base models (seeds 0..S-1) and the zoo (seeds S..S+Z-1): one training recipe
+    t = time.time()
+    zoo_kwargs = dict(batch_size=args.batch_size, learning_rate=args.base_learning_rate, logging_steps=50, **common)
+    bases = hm.train_zoo(args.architecture, data, os.path.join(args.output_dir, "base"), num_models=args.num_seeds,
+                         epochs=args.base_epochs, seed=0, **zoo_kwargs)
+    cache.add_seconds("base_models", time.time() - t)
+    t = time.time()
+    zoo = hm.train_zoo(args.architecture, data, os.path.join(args.output_dir, "zoo"), num_models=args.num_zoo_models,
+                       epochs=args.base_epochs, seed=args.num_seeds, prune_speed_up=args.zoo_prune_speed_up or None,
+                       finetune_epochs=args.zoo_finetune_epochs, **zoo_kwargs)
+    train_zoo, eval_zoo = zoo.split(args.num_eval_zoo_models)
+    cache.add_seconds("zoo", time.time() - t)
+    log(f"base models: val {bases.dataset['val_accuracy']}; zoo: val {zoo.dataset['val_accuracy']}")
+
+    # 2. meta-training: every candidate, selected by prune-and-probe accuracy on the validation split
+    t = time.time()
+    candidates = []
+    for i, candidate in enumerate(args.candidates()):
+        tc = time.time()
+        model, path, scores = train_metanetwork(args, candidate, i, train_zoo, eval_zoo, data, common)
+        candidates.append(dict(candidate, path=path, validation_scores=scores, seconds=time.time() - tc))
+        log(f"metanetwork candidate {i} {candidate}: {scores} ({time.time() - tc:.0f}s)")
+    best = max(range(len(candidates)), key=lambda i: candidates[i]["validation_scores"].get("probe_accuracy", -1))
+    metapruner = hm.MetaPrunerModel.from_pretrained(candidates[best]["path"]).eval()
+    cache.add_seconds("meta_training", time.time() - t)
+    log(f"selected candidate {best} (probe accuracy {candidates[best]['validation_scores'].get('probe_accuracy')})")
+
+    # 3. every method on every base model: pre-prune stage once, then prune to each speed-up and finetune
+    runs, base_rows, widths = [], [], {}
+    for seed in range(args.num_seeds):
+        base = bases.model(seed)
+        base_record = cache.record(f"seed-{seed}/base")
+        if base_record is None:
+            t = time.time()
+            base_record = {"val_accuracy": evaluate_accuracy(base, data),
+                           "test_accuracy": evaluate_accuracy(base, data, split="test")}
+            base_record["macs"], base_record["params"] = hm.count_macs_and_params(base, x)
+            cache.save(f"seed-{seed}/base", base, base_record, args.architecture)
+            cache.add_seconds("evaluation", time.time() - t)
+        models = {"base": base}
+        pre_models: dict[str, torch.nn.Module] = {}
+        for method, stage, importance in METHODS:
+            for speed_up in args.speed_ups:
+                name = f"seed-{seed}/{stage}-{importance}-{speed_up:g}x"
+                record = cache.record(name)
+                if record is None:
+                    if stage not in pre_models:
+                        pre_models[stage] = _pre_prune_stage(args, cache, seed, stage, base, data, metapruner,
+                                                             finetune_kwargs)
+                    t = time.time()
+                    set_seed(seed)  # random pruning draws from torch's generator
+                    result = hm.prune_and_finetune(
+                        pre_models[stage].model, data, speed_up, os.path.join(args.output_dir, "runs", name),
+                        finetune_epochs=args.post_epochs, importance=importance, seed=seed, **finetune_kwargs)
+                    cache.add_seconds("prune_and_finetune", time.time() - t)
+                    t = time.time()
+                    record = {"method": method, "seed": seed, "target_speed_up": speed_up,
+                              "speed_up": result.prune.speed_up, "macs": result.prune.macs_after,
+                              "params": result.prune.params_after, "val_accuracy": result.val_accuracy,
+                              "test_accuracy": evaluate_accuracy(result.model, data, split="test"),
+                              "stage_val_accuracy": result.stage_val_accuracy,
+                              "stage_seconds": {**pre_models[stage].stage_seconds, **result.stage_seconds}}
+                    cache.save(name, result.model, record, args.architecture)
+                    cache.add_seconds("evaluation", time.time() - t)
+                    log(f"seed {seed} {method} {speed_up:g}x: {result.prune}, val {record['val_accuracy']:.4f} "
+                        f"test {record['test_accuracy']:.4f}")
+                models[(method, speed_up)] = cache.model(name)
+                runs.append(record)
+        t = time.time()  # CPU latency of every model of this seed, interleaved so they share the noise
+        cpu_models = {k: copy.deepcopy(m).cpu().eval() for k, m in models.items()}
+        keys = list(cpu_models)
+        latency = hm.pruning.measure_latency({str(i): cpu_models[k] for i, k in enumerate(keys)},
+                                             data.example_inputs(args.latency_batch_size), runs=args.latency_runs,
+                                             channels_last=True)
+        base_rows.append(dict(base_record, latency_s=latency["0"]))
+        for i, k in enumerate(keys[1:], start=1):
+            next(r for r in runs if r["seed"] == seed and (r["method"], r["target_speed_up"]) == k)[
+                "latency_s"] = latency[str(i)]
+        if seed == 0:
+            top = max(args.speed_ups)
+            widths = {"base": _out_widths(base)}
+            widths.update({method: _out_widths(models[(method, top)]) for method, _, _ in METHODS})
+        stage_seconds = cache.add_seconds("evaluation", time.time() - t)
+    stage_seconds["total"] = sum(stage_seconds.values())
+
+    # 4. aggregate, write JSON / table / plots
+    rows = []
+    for speed_up in args.speed_ups:
+        for method, _, _ in METHODS:
+            rs = [r for r in runs if r["method"] == method and r["target_speed_up"] == speed_up]
+            rows.append({"method": method, "target_speed_up": speed_up,
+                         **{k: summarize([r[k] for r in rs]) for k in
+                            ("speed_up", "params", "val_accuracy", "test_accuracy", "latency_s")}})
+    base_summary = {k: summarize([r[k] for r in base_rows]) for k in ("val_accuracy", "test_accuracy", "latency_s")}
+    base_summary["params"] = base_rows[0]["params"]
+    base_summary["macs"] = base_rows[0]["macs"]
+    table = markdown_table(base_summary, rows, args.latency_batch_size)
+    summary = {"preset": args.preset, "table": table, "base": base_summary, "rows": rows, "runs": runs,
+               "base_runs": base_rows, "metanetwork_candidates": candidates, "selected_candidate": best,
+               "stage_seconds": stage_seconds, "torch_threads": torch.get_num_threads(),
+               "device": "cuda" if not cpu else "cpu", "arguments": asdict(args)}
+    os.makedirs(args.results_dir, exist_ok=True)
+    prefix = os.path.join(args.results_dir, f"cifar_{args.preset}")
+    summary["plots"] = plot(summary, widths, max(args.speed_ups), prefix)
+    with open(f"{prefix}.json", "w") as f:
+        json.dump(summary, f, indent=2)
+    times = ", ".join(f"{k} {v / 60:.1f} min" for k, v in stage_seconds.items())
+    with open(f"{prefix}.md", "w") as f:
+        f.write(f"{table}\n\nWall time: {times}.\n")
+    print(f"\n{table}\n\n{times}\nwritten to {prefix}.json, .md, _accuracy.png, _widths.png", flush=True)
+    return summary
+
+
+def _pre_prune_stage(args, cache: Cache, seed: int, stage: str, base, data, metapruner, finetune_kwargs):
+    """The pre-prune stage of one method family on one base model (cached)."""
+    name = f"seed-{seed}/pre-{stage}"
+    record = cache.record(name)
+    if record is not None:
+        result = hm.training.PrePruneResult(cache.model(name), record["stage_seconds"], record["stage_val_accuracy"])
+    else:
+        t = time.time()
+        result = pre_prune(base, data, os.path.join(args.output_dir, "runs", name),
+                           metapruner=metapruner if stage == "metanetwork" else None, epochs=args.pre_epochs,
+                           sparsity_lambda=args.sl_lambda if stage == "sparse" else 0.0, seed=seed, **finetune_kwargs)
+        cache.add_seconds("pre_prune", time.time() - t)
+        cache.save(name, result.model, {"stage_seconds": result.stage_seconds,
+                                        "stage_val_accuracy": result.stage_val_accuracy}, args.architecture)
+        log(f"seed {seed} pre-prune '{stage}': {result.stage_val_accuracy} ({time.time() - t:.0f}s)")
+    return result
+
+
+def _out_widths(model: torch.nn.Module) -> dict[str, int]:
+    return {name: w["out"] for name, w in module_widths(model).items() if name not in ("fc", "head", "classifier")}
+
+
+if __name__ == "__main__":
+    main()
