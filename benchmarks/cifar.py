@@ -360,12 +360,15 @@ def main(argv: list[str] | None = None) -> dict:
                               "params": result.prune.params_after, "val_accuracy": result.val_accuracy,
                               "test_accuracy": evaluate_accuracy(result.model, data, split="test"),
                               "stage_val_accuracy": result.stage_val_accuracy,
-                              "stage_seconds": {**pre_models[stage].stage_seconds, **result.stage_seconds}}
+                              "stage_seconds": result.stage_seconds}
                     cache.save(name, result.model, record, args.architecture)
                     cache.add_seconds("evaluation", time.time() - t)
                     log(f"seed {seed} {method} {speed_up:g}x: {result.prune}, val {record['val_accuracy']:.4f} "
                         f"test {record['test_accuracy']:.4f}")
                 models[(method, speed_up)] = cache.model(name)
+                pre_record = cache.record(f"seed-{seed}/pre-{stage}")  # the whole pipeline's stages in one record
+                for key in ("stage_val_accuracy", "stage_seconds"):
+                    record[key] = {**pre_record[key], **record[key]}
                 runs.append(record)
         t = time.time()  # CPU latency of every model of this seed, interleaved so they share the noise
         cpu_models = {k: copy.deepcopy(m).cpu().eval() for k, m in models.items()}

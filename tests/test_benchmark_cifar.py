@@ -1,0 +1,85 @@
+"""benchmarks/cifar.py end to end on a sliver of real CIFAR-10: every method, every speed-up, table, JSON, plots."""
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+from conftest import CIFAR10
+
+BENCHMARK = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "cifar.py")
+
+
+@pytest.fixture(scope="module")
+def cifar_benchmark():
+    spec = importlib.util.spec_from_file_location("cifar_benchmark", BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["cifar_benchmark"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["cifar_benchmark"]
+
+
+TINY = ["--dataset", CIFAR10, "--max_train_samples", "400", "--val_size", "100", "--max_test_samples", "100",
+        "--num_seeds", "2", "--base_epochs", "0.5", "--num_zoo_models", "3", "--meta_max_steps", "2",
+        "--meta_eval_steps", "1", "--probe_finetune_steps", "2", "--pre_epochs", "0.25", "--post_epochs", "0.25",
+        "--latency_runs", "1", "--latency_batch_size", "4", "--hidden_size", "8", "--num_layers", "1"]
+
+
+def test_presets_and_overrides(cifar_benchmark):
+    paper = cifar_benchmark.parse_args(["--preset", "paper"])
+    assert (paper.architecture, paper.speed_ups, paper.base_epochs) == ("cifar_resnet56", [2.3, 3.0], 200.0)
+    assert paper.output_dir == "outputs/cifar-paper"
+    small = cifar_benchmark.parse_args(["--preset=cpu-small", "--post_epochs", "7", "--speed_ups", "2.5"])
+    assert (small.architecture, small.post_epochs, small.speed_ups) == ("cifar_resnet20", 7.0, [2.5])
+    assert len(small.candidates()) == 3 and small.candidates()[1]["sparsity_relative"] is True
+    with pytest.raises(ValueError, match="unknown preset"):
+        cifar_benchmark.parse_args(["--preset", "imagenet"])
+    with pytest.raises(ValueError, match="zipped"):
+        cifar_benchmark.parse_args(["--meta_learning_rate", "1e-3", "2e-3", "--meta_sparsity_lambda", "1", "2", "3"])
+    with pytest.raises(ValueError, match="held-out"):
+        cifar_benchmark.parse_args(["--num_zoo_models", "1"])
+
+
+def test_cpu_small_runs_end_to_end_and_resumes(cifar_benchmark, tmp_path):
+    argv = TINY + ["--output_dir", str(tmp_path / "out"), "--results_dir", str(tmp_path / "results"),
+                   "--meta_learning_rate", "1e-3", "1e-2", "--meta_sparsity_lambda", "3e-3",
+                   "--meta_sparsity_relative", "false", "true"]
+    summary = cifar_benchmark.main(argv)
+    prefix = tmp_path / "results" / "cifar_cpu-small"
+    for suffix in (".json", ".md", "_accuracy.png", "_widths.png"):
+        assert (tmp_path / "results" / f"cifar_cpu-small{suffix}").stat().st_size > 0
+    written = json.loads(prefix.with_suffix(".json").read_text())
+    assert written["table"] == summary["table"]
+
+    methods = [m for m, _, _ in cifar_benchmark.METHODS]
+    assert [(r["method"], r["target_speed_up"]) for r in written["rows"]] == \
+        [(m, s) for s in (2.0, 3.0) for m in methods]
+    assert len(written["runs"]) == 2 * 2 * len(methods)  # seeds x speed-ups x methods
+    for row in written["rows"]:
+        assert len(row["test_accuracy"]["values"]) == 2
+        assert abs(row["speed_up"]["mean"] - row["target_speed_up"]) < 0.1
+        assert all(0.0 <= a <= 1.0 for a in row["val_accuracy"]["values"] + row["test_accuracy"]["values"])
+        assert row["latency_s"]["mean"] > 0
+    # every method pruned the same base models: same base record per seed, different seeds differ
+    assert len(written["base_runs"]) == 2 and written["base_runs"][0] != written["base_runs"][1]
+    # one pre-prune stage per family: DepGraph w/o SL and random share it, so their stage accuracies agree
+    by_key = {(r["method"], r["seed"], r["target_speed_up"]): r for r in written["runs"]}
+    assert by_key[("random", 0, 2.0)]["stage_val_accuracy"]["pre_prune"] == \
+        by_key[("DepGraph w/o SL", 0, 2.0)]["stage_val_accuracy"]["pre_prune"]
+    assert "transformed" in by_key[("metanetwork", 0, 3.0)]["stage_val_accuracy"]
+    # the metanetwork was selected on validation probe scores among both candidates
+    scores = [c["validation_scores"]["probe_accuracy"] for c in written["metanetwork_candidates"]]
+    assert len(scores) == 2 and scores[written["selected_candidate"]] == max(scores)
+    assert "| DepGraph + SL | 3× |" in prefix.with_suffix(".md").read_text()
+
+    # a second call finds everything cached: same numbers, no training
+    times = json.loads((tmp_path / "out" / "stage_seconds.json").read_text())
+    assert set(times) >= {"base_models", "zoo", "meta_training", "pre_prune", "prune_and_finetune", "evaluation"}
+    again = cifar_benchmark.main(argv)
+    for key in ("val_accuracy", "test_accuracy", "speed_up"):
+        assert [r[key]["values"] for r in again["rows"]] == [r[key]["values"] for r in summary["rows"]]
+    times_again = json.loads((tmp_path / "out" / "stage_seconds.json").read_text())
+    assert times_again["pre_prune"] == times["pre_prune"]
+    assert times_again["prune_and_finetune"] == times["prune_and_finetune"]
