@@ -18,7 +18,9 @@ import torch_pruning as tp
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..graph import UnsupportedModuleError
 from ..graph.tracing import ROOT_MODULE_TYPES, build_dependency_graph, channel_dim_size
+from .heads import find_attention_modules, sync_head_counts
 
 IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {
     "group_l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
@@ -120,6 +122,7 @@ class _Candidate:
     group_index: int
     local_index: int
     cost: float
+    unit: int = 1  # channels removed together: 1, or head_dim for an attention head
 
 
 def prune_to_speedup(
@@ -132,6 +135,7 @@ def prune_to_speedup(
     max_pruning_ratio: float = 0.95,
     max_steps: int = 200,
     inplace: bool = False,
+    prune_hidden: bool | None = None,
 ) -> PruneResult:
     """Structurally prune ``model`` until MACs(before) / MACs(after) reaches ``speed_up``.
 
@@ -141,7 +145,13 @@ def prune_to_speedup(
             the classifier's classes — are never pruned in any case).
         tolerance: the achieved speed-up lands in ``[speed_up, speed_up·(1 + tolerance)]``.
         max_pruning_ratio: at most this fraction of a group's channels is removed.
-        inplace: prune ``model`` itself instead of a copy.
+        inplace: prune ``model`` itself instead of a copy (it is only changed once pruning has succeeded).
+        prune_hidden: transformers only — also prune the residual-stream (hidden) width. Default: False for
+            models with attention heads (heads and MLP neurons are pruned), True otherwise.
+
+    Attention heads (found by :func:`find_attention_modules`) are pruned whole, ranked against MLP neurons and
+    channels by the same normalised group criterion; a pruned 🤗 ``PreTrainedModel`` gets a config that rebuilds it
+    (``save_pretrained`` / ``from_pretrained``).
     """
     if not speed_up > 1:
         raise ValueError(f"speed_up must be > 1 (MACs before / MACs after), got {speed_up}")
@@ -152,7 +162,11 @@ def prune_to_speedup(
     ignored_names = [names[m] for m in ignored_layers or [] if m in names]
     if len(ignored_names) != len(ignored_layers or []):
         raise ValueError("ignored_layers must be submodules of model")
-    model = model if inplace else copy.deepcopy(model)
+    find_attention_modules(model)  # unsupported attention raises before anything is touched
+    original, model = model, copy.deepcopy(model)
+    attention = find_attention_modules(model)
+    head_dims = {p: a.head_dim for a in attention for p in a.projections}
+    prune_hidden = not attention if prune_hidden is None else prune_hidden
     macs0, params0 = count_macs_and_params(model, example_inputs)
     target, floor = macs0 / speed_up, macs0 / (speed_up * (1 + tolerance))
     dg = build_dependency_graph(model, example_inputs)
@@ -163,37 +177,59 @@ def prune_to_speedup(
     while macs > target:
         if steps >= max_steps:
             raise RuntimeError(f"did not reach {speed_up}x in {max_steps} steps (at {macs0 / macs:.3f}x)")
-        groups = _prunable_groups(dg, ignored)
+        groups = _prunable_groups(dg, ignored, prune_hidden)
         candidates = []
         for gi, group in enumerate(groups):
-            candidates += _group_candidates(dg, group, gi, importance, layer_macs, initial, max_pruning_ratio)
+            candidates += _group_candidates(dg, group, gi, importance, layer_macs, initial, max_pruning_ratio,
+                                            head_dims)
         chosen = _choose(candidates, need=macs - target, room=macs - floor)
         if not chosen:
             reason = "no prunable channels are left" if not candidates else \
                 "every remaining channel would overshoot the tolerance"
             raise ValueError(f"cannot reach a speed-up of {speed_up}x: stopped at {macs0 / macs:.3f}x because "
                              f"{reason} (max_pruning_ratio={max_pruning_ratio})")
-        for gi, locals_ in _by_group(chosen).items():
+        for gi, units in _by_group(chosen).items():
             group, n_ch = groups[gi], _channel_groups(groups[gi])
             size = len(group[0].idxs) // n_ch
-            idxs = sorted(li + g * size for li in locals_ for g in range(n_ch))
+            idxs = sorted(c + g * size for u, unit in units for c in range(u * unit, (u + 1) * unit)
+                          for g in range(n_ch))
             dg.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs).prune()
+        if attention:
+            _check_attention_forward(model, attention, example_inputs)
         macs, layer_macs = _count_macs(model, example_inputs)
         steps += 1
+    if attention:
+        _finish_attention(model, attention)
+    if inplace:  # swap the pruned modules in only now: a failure above leaves the caller's model untouched
+        original.__dict__.update(model.__dict__)
+        original.__class__ = model.__class__
+        model = original
     params_after = sum(p.numel() for p in model.parameters())  # MACs were counted at the end of the last step
     return PruneResult(model, macs0, macs, params0, params_after, steps, module_widths(model))
 
 
-def _prunable_groups(dg: tp.DependencyGraph, ignored: set[nn.Module]) -> list:
-    """Groups whose channels feed another layer: a model's outputs (e.g. class logits) are never pruned."""
-    groups = []
+def _prunable_groups(dg: tp.DependencyGraph, ignored: set[nn.Module], prune_hidden: bool = True) -> list:
+    """Groups whose channels feed another layer: a model's outputs (e.g. class logits) are never pruned.
+
+    Without ``prune_hidden`` (transformers) only heads and MLP neurons are pruned: a group touching a LayerNorm
+    (the residual stream) or feeding the output layer (e.g. BERT's pooler) is left alone.
+    """
+    is_out = dg.is_out_channel_pruning_fn
+    candidates, output_layers = [], set()
     for group in dg.get_all_groups(root_module_types=ROOT_MODULE_TYPES):
-        if any(item.dep.target.module in ignored and dg.is_out_channel_pruning_fn(item.dep.handler)
-               for item in group):
+        consumers = [item.dep.target.module for item in group if not is_out(item.dep.handler)]
+        if any(isinstance(m, ROOT_MODULE_TYPES) for m in consumers):
+            candidates.append((group, consumers))
+        else:
+            output_layers.update(item.dep.target.module for item in group if is_out(item.dep.handler))
+    groups = []
+    for group, consumers in candidates:
+        if any(item.dep.target.module in ignored and is_out(item.dep.handler) for item in group):
             continue
-        consumers = (item for item in group if not dg.is_out_channel_pruning_fn(item.dep.handler))
-        if any(isinstance(item.dep.target.module, ROOT_MODULE_TYPES) for item in consumers):
-            groups.append(group)
+        if not prune_hidden and (any(isinstance(item.dep.target.module, nn.LayerNorm) for item in group)
+                                 or any(m in output_layers for m in consumers)):
+            continue
+        groups.append(group)
     return groups
 
 
@@ -207,20 +243,22 @@ def _channel_groups(group) -> int:
     return n
 
 
-def _group_candidates(dg, group, gi, importance, layer_macs, initial, max_ratio) -> list[_Candidate]:
+def _group_candidates(dg, group, gi, importance, layer_macs, initial, max_ratio, head_dims) -> list[_Candidate]:
     n_ch = _channel_groups(group)
-    size = len(group[0].idxs) // n_ch
+    # an attention group (q/k/v outputs + output projection inputs) is pruned in whole heads
+    unit = next((head_dims[item.dep.target.module] for item in group if item.dep.target.module in head_dims), 1)
+    size = len(group[0].idxs) // n_ch // unit
     root = group[0].dep.target.module
     initial.setdefault(id(root), size)
     # A grouped conv left with one channel per group would turn into a depthwise conv: keep two.
-    keep_at_least = max(1 if n_ch == 1 else 2, int(round(initial[id(root)] * (1 - max_ratio))))
+    keep_at_least = max(1 if n_ch == 1 or unit > 1 else 2, int(round(initial[id(root)] * (1 - max_ratio))))
     prunable = size - keep_at_least
     if prunable <= 0:
         return []
     imp = importance(group)
     if imp is None:
         return []
-    imp = imp.detach().float().cpu().view(n_ch, size).mean(0)
+    imp = imp.detach().float().cpu().view(n_ch, size, unit).mean((0, 2))
     # MACs freed by removing one channel: each layer touching the group loses 1/width of its MACs.
     cost, seen = 0.0, set()
     for item in group:
@@ -232,7 +270,7 @@ def _group_candidates(dg, group, gi, importance, layer_macs, initial, max_ratio)
         if dim:
             cost += layer_macs[m] * (len(item.idxs) / dim) / size
     order = torch.argsort(imp)[:prunable]
-    return [_Candidate(float(imp[i]), gi, int(i), cost) for i in order]
+    return [_Candidate(float(imp[i]), gi, int(i), cost, unit) for i in order]
 
 
 def _choose(candidates: list[_Candidate], need: float, room: float) -> list[_Candidate]:
@@ -248,11 +286,32 @@ def _choose(candidates: list[_Candidate], need: float, room: float) -> list[_Can
     return chosen
 
 
-def _by_group(chosen: list[_Candidate]) -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
+def _by_group(chosen: list[_Candidate]) -> dict[int, list[tuple[int, int]]]:
+    out: dict[int, list[tuple[int, int]]] = {}
     for c in chosen:
-        out.setdefault(c.group_index, []).append(c.local_index)
+        out.setdefault(c.group_index, []).append((c.local_index, c.unit))
     return out
+
+
+def _check_attention_forward(model: nn.Module, attention: list, example_inputs: Any) -> None:
+    sync_head_counts(attention)
+    try:
+        with torch.no_grad():
+            _call(model.eval(), example_inputs)
+    except Exception as e:  # e.g. an attention implementation that reshapes with a fixed head count
+        a = attention[0]
+        raise UnsupportedModuleError(a.path, a.module, f"its forward fails with a pruned number of heads ({e})") from e
+
+
+def _finish_attention(model: nn.Module, attention: list) -> None:
+    """Make head counts (and a 🤗 model's config) match the pruned projections."""
+    sync_head_counts(attention)
+    from transformers import PreTrainedModel
+
+    if isinstance(model, PreTrainedModel):
+        from .pretrained import attach_pruned_config
+
+        attach_pruned_config(model)
 
 
 def module_widths(model: nn.Module) -> dict[str, dict[str, int]]:

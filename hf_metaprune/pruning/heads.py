@@ -1,0 +1,74 @@
+"""Attention heads as pruning units in transformer encoders (HF ViT, BERT and models built the same way).
+
+Torch-Pruning's dependency graph already couples a layer's query/key/value output channels with the output
+projection's input channels; what it does not know is that those channels come in heads of ``head_dim`` and that
+removing part of a head breaks the ``view(..., -1, head_dim)`` in the attention forward. Here we find the attention
+modules by their structure (separate q/k/v projections and a head-size attribute — no class names), so the pruner
+can rank and remove *whole heads*, and we keep the modules' head counts consistent afterwards.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..graph import UnsupportedModuleError
+
+HEAD_SIZE_ATTRS = ("head_dim", "attention_head_size")
+HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads")
+QKV_NAMES = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))
+
+
+@dataclass
+class AttentionModule:
+    path: str
+    module: nn.Module
+    projections: tuple[nn.Linear, nn.Linear, nn.Linear]  # query, key, value
+    head_dim: int
+
+    @property
+    def num_heads(self) -> int:
+        return self.projections[0].out_features // self.head_dim
+
+
+def find_attention_modules(model: nn.Module) -> list[AttentionModule]:
+    """Every self-attention module of ``model``; raises for what head pruning cannot handle.
+
+    Decoders and cross-attention raise :class:`UnsupportedModuleError` (keys/values from another sequence or a
+    cache would need their own coupling), as does an attention module without separate q/k/v projections.
+    """
+    config = getattr(model, "config", None)
+    if config is not None and (getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False)
+                               or getattr(config, "is_encoder_decoder", False)):
+        raise UnsupportedModuleError("", model, "decoders and cross-attention are not supported; only the "
+                                                "self-attention heads of encoders can be pruned")
+    found = []
+    for path, m in model.named_modules():
+        if getattr(m, "is_cross_attention", False) or path.rsplit(".", 1)[-1] in ("crossattention", "cross_attn"):
+            raise UnsupportedModuleError(path, m, "cross-attention is not supported")
+        head_dim = next((getattr(m, a) for a in HEAD_SIZE_ATTRS if isinstance(getattr(m, a, None), int)), None)
+        if head_dim is None or not any(hasattr(m, a) for a in HEAD_COUNT_ATTRS):
+            continue
+        names = next((n for n in QKV_NAMES if all(isinstance(getattr(m, p, None), nn.Linear) for p in n)), None)
+        if names is None:
+            raise UnsupportedModuleError(path, m, "attention without separate query/key/value projections "
+                                                  f"(one of {QKV_NAMES}) cannot be head-pruned")
+        projections = tuple(getattr(m, p) for p in names)
+        if any(p.out_features % head_dim for p in projections) or len({p.out_features for p in projections}) != 1:
+            raise UnsupportedModuleError(path, m, f"q/k/v widths are not equal multiples of head size {head_dim}")
+        found.append(AttentionModule(path, m, projections, head_dim))
+    return found
+
+
+def sync_head_counts(attention: list[AttentionModule]) -> dict[str, int]:
+    """After pruning: set each module's head count (and ``all_head_size``) from its projections' widths."""
+    counts = {}
+    for a in attention:
+        n = a.num_heads
+        for attr in HEAD_COUNT_ATTRS:
+            if hasattr(a.module, attr):
+                setattr(a.module, attr, n)
+        if hasattr(a.module, "all_head_size"):
+            a.module.all_head_size = n * a.head_dim
+        counts[a.path] = n
+    return counts
