@@ -1,4 +1,6 @@
 """Network ↔ graph: nodes are channels, edges are weight slices, records are per-channel tensors."""
+from .attention import AttentionModule, find_attention_modules
+from .errors import UnsupportedModuleError
 from .kinds import DEFAULT_EDGE_KINDS, NODE_KINDS, NodeKind, edge_kind_size
 from .network_graph import (
     ROLE_HIDDEN,
@@ -8,7 +10,6 @@ from .network_graph import (
     NetworkGraph,
     RecordSet,
     Slot,
-    UnsupportedModuleError,
     graph_to_model,
     model_to_graph,
 )
@@ -17,5 +18,5 @@ from .tracing import build_dependency_graph, trace_channel_spaces
 __all__ = [
     "DEFAULT_EDGE_KINDS", "NODE_KINDS", "NodeKind", "edge_kind_size", "ROLE_HIDDEN", "ROLE_INPUT", "ROLE_OUTPUT",
     "EdgeSet", "NetworkGraph", "RecordSet", "Slot", "UnsupportedModuleError", "graph_to_model", "model_to_graph",
-    "build_dependency_graph", "trace_channel_spaces",
+    "build_dependency_graph", "trace_channel_spaces", "AttentionModule", "find_attention_modules",
 ]

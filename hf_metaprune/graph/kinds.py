@@ -30,6 +30,8 @@ NODE_KINDS: dict[str, NodeKind] = {
 }
 
 DEFAULT_EDGE_KINDS = ("1x1", "2x2", "3x3", "4x4", "5x5", "7x7")
+# one weight from an input node (token, position, segment, class token) to an embedding channel
+EMBEDDING_EDGE_KIND = "embedding"
 
 
 def edge_kind_for_kernel(kernel_size: tuple[int, ...]) -> str:
@@ -41,6 +43,8 @@ def edge_kind_for_kernel(kernel_size: tuple[int, ...]) -> str:
 
 def edge_kind_size(kind: str) -> int:
     """Number of features of an edge of this kind (the kernel area)."""
+    if kind == EMBEDDING_EDGE_KIND:
+        return 1
     if kind.startswith("flat"):
         return int(kind[4:])
     if kind.startswith("k"):

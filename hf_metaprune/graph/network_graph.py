@@ -13,18 +13,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .kinds import NODE_KINDS, edge_kind_for_kernel
+from .attention import find_attention_modules
+from .errors import UnsupportedModuleError
+from .kinds import EMBEDDING_EDGE_KIND, NODE_KINDS, edge_kind_for_kernel
 from .tracing import ChannelSpaces, trace_channel_spaces
 
 ROLE_HIDDEN, ROLE_INPUT, ROLE_OUTPUT = 0, 1, 2
-
-
-class UnsupportedModuleError(TypeError):
-    """Raised when a module holds parameters the graph cannot represent."""
-
-    def __init__(self, path: str, module: nn.Module, reason: str):
-        self.path, self.module_type = path, type(module).__name__
-        super().__init__(f"module '{path}' of type {type(module).__name__} is not supported: {reason}")
 
 
 @dataclass
@@ -204,6 +198,20 @@ def _add_linear(b: _GraphBuilder, path: str, m: nn.Linear):
         b.add_records("bias", out_nodes, {"bias": (_join(path, "bias"), m.bias)})
 
 
+def _add_input_embedding(b: _GraphBuilder, name: str, module: nn.Module, table: torch.Tensor, channels: torch.Tensor):
+    """A table of vectors indexed by token / position / segment (``[..., C]``): one input node per row, one edge
+    per (row, channel) — an embedding is a linear layer on one-hot inputs."""
+    rows = table.numel() // channels.numel()
+    inputs = b.spaces.add_set(f"input:{name}", rows)
+    b.input_sets.add(len(b.spaces.set_names) - 1)
+    src = inputs.repeat_interleave(channels.numel())
+    b.add_edges(name, EMBEDDING_EDGE_KIND, src, channels.repeat(rows), table.detach().reshape(-1, 1), table.shape)
+
+
+def _add_embedding(b: _GraphBuilder, path: str, m: nn.Embedding):
+    _add_input_embedding(b, _join(path, "weight"), m, m.weight, b.nodes(path, m, "out", m.embedding_dim))
+
+
 def _add_norm(b: _GraphBuilder, path: str, m: nn.Module):
     if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) != 1:
         raise UnsupportedModuleError(path, m, "LayerNorm over more than one dimension")
@@ -223,6 +231,7 @@ def _add_norm(b: _GraphBuilder, path: str, m: nn.Module):
 _HANDLERS = (
     (nn.modules.conv._ConvNd, _add_conv),
     (nn.Linear, _add_linear),
+    (nn.Embedding, _add_embedding),
     (nn.modules.batchnorm._BatchNorm, _add_norm),
     (nn.LayerNorm, _add_norm),
     (nn.GroupNorm, _add_norm),
@@ -230,9 +239,7 @@ _HANDLERS = (
 
 
 def _check_float(model: nn.Module):
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        if name.endswith("num_batches_tracked"):
-            continue
+    for name, t in model.named_parameters():
         if not t.is_floating_point():
             raise TypeError(f"only floating-point models are supported; '{name}' has dtype {t.dtype}")
 
@@ -244,8 +251,13 @@ def model_to_graph(model: nn.Module, example_inputs: Any) -> NetworkGraph:
     """
     _check_float(model)
     spaces = trace_channel_spaces(model, example_inputs)
+    _split_attention_spaces(spaces, model)
     b = _GraphBuilder(spaces)
     for path, module in model.named_modules():
+        for n, t in module.named_buffers(recurse=False):  # integer constants saved with the model
+            if t is not None and not t.is_floating_point() and n != "num_batches_tracked" \
+                    and n not in module._non_persistent_buffers_set:
+                b.static[_join(path, n)] = t.clone()
         own = [n for n, p in module.named_parameters(recurse=False) if p is not None]
         if not own:
             continue
@@ -257,17 +269,42 @@ def model_to_graph(model: nn.Module, example_inputs: Any) -> NetworkGraph:
             name = _join(path, n)
             nodes = spaces.params.get(name)
             p = getattr(module, n)
-            if nodes is None or p.dim() != 1 or (nodes < 0).any():
+            if nodes is None or (nodes < 0).any() or p.dim() == 0 or p.shape[-1] != nodes.numel():
                 raise UnsupportedModuleError(path, module, f"parameter '{n}' of shape {tuple(p.shape)}")
-            b.add_records("scale", nodes, {"weight": (name, p)})
+            if p.dim() == 1:
+                b.add_records("scale", nodes, {"weight": (name, p)})
+            else:  # a class token / position table ([..., C]) added to the embedding channels
+                _add_input_embedding(b, name, module, p, nodes)
     graph = b.build()
     _check_coverage(model, graph)
     return graph
 
 
+def _split_attention_spaces(spaces: ChannelSpaces, model: nn.Module) -> None:
+    """Give each attention layer two channel spaces: query/key channels (they meet in q·kᵀ) and value/output
+    channels (the output projection reads the values). Torch-Pruning couples all four as one space."""
+    names = {m: n for n, m in model.named_modules()}
+    for a in find_attention_modules(model):
+        q, k, v = (names[p] for p in a.projections)
+        qk_nodes = spaces.dims.get((q, "out"))
+        if qk_nodes is None or not torch.equal(qk_nodes, spaces.dims.get((v, "out"), torch.empty(0))):
+            raise UnsupportedModuleError(a.path, a.module, "query and value channels were not traced as one space")
+        vo_nodes = spaces.add_set(f"{a.path}:value", qk_nodes.numel())
+        remap = torch.arange(spaces.num_nodes)
+        remap[qk_nodes] = vo_nodes
+        in_qk_space = torch.zeros(spaces.num_nodes, dtype=torch.bool)
+        in_qk_space[qk_nodes] = True
+        for key, nodes in spaces.dims.items():
+            if key[0] not in (q, k) and bool(in_qk_space[nodes.clamp(min=0)].any()):
+                spaces.dims[key] = remap[nodes]
+        qk_set = int(spaces.set_of_node[qk_nodes[0]])
+        spaces.set_names[qk_set] = f"{a.path}:query_key"
+        spaces.consumed_sets.update({qk_set, int(spaces.set_of_node[vo_nodes[0]])})
+
+
 def _check_coverage(model: nn.Module, graph: NetworkGraph):
     covered = {s.name for s in graph.slots} | set(graph.static_buffers)
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+    for name in model.state_dict():  # parameters and persistent buffers
         if name not in covered:
             path = name.rsplit(".", 1)[0] if "." in name else ""
             module = model.get_submodule(path)

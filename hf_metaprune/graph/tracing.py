@@ -74,8 +74,8 @@ def trace_channel_spaces(model: nn.Module, example_inputs: Any, dg: tp.Dependenc
                 raise ValueError(f"cannot map channels of {root_name}: Torch-Pruning lost the root indices")
             idxs = torch.as_tensor(item.idxs, dtype=torch.long)
             node_ids = nodes[torch.as_tensor(item.root_idxs, dtype=torch.long)]
-            if isinstance(target, nn.Parameter):
-                key, store, size = dg._param_to_name[target], spaces.params, target.shape[0]
+            if isinstance(target, nn.Parameter):  # Torch-Pruning prunes a loose parameter's last dimension
+                key, store, size = dg._param_to_name[target], spaces.params, target.shape[-1]
             elif target in module_names and any(True for _ in target.parameters(recurse=False)):
                 is_out = dg.is_out_channel_pruning_fn(item.dep.handler)
                 key, store = (module_names[target], "out" if is_out else "in"), spaces.dims
@@ -103,6 +103,8 @@ def channel_dim_size(module: nn.Module, is_out: bool) -> int:
         return module.out_channels if is_out else module.in_channels
     if isinstance(module, nn.Linear):
         return module.out_features if is_out else module.in_features
+    if isinstance(module, nn.Embedding):  # rows are tokens (inputs); the channels are the embedding dimension
+        return module.embedding_dim
     weight = getattr(module, "weight", None)
     if weight is None:
         weight = next(iter(module.parameters(recurse=False)), None)

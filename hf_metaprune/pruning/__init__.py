@@ -1,5 +1,5 @@
 """Structured pruning to a target speed-up (channels, MLP neurons, attention heads), and pruned-model save/load."""
-from .heads import AttentionModule, find_attention_modules
+from ..graph.attention import AttentionModule, find_attention_modules
 from .pretrained import attach_pruned_config, pruned_model_class
 from .serialization import load_pruned, save_pruned
 from .speedup import (IMPORTANCES, PruneResult, count_macs_and_params, measure_latency, module_widths,

@@ -16,7 +16,7 @@ from transformers import (AutoConfig, AutoModel, AutoModelForImageClassification
                           BertForSequenceClassification, BertModel, PreTrainedModel, ViTForImageClassification,
                           ViTModel)
 
-from .heads import find_attention_modules, sync_head_counts
+from ..graph.attention import find_attention_modules, sync_head_counts
 from .serialization import _shrink_to
 from .speedup import module_widths
 

@@ -18,9 +18,9 @@ import torch_pruning as tp
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..graph import UnsupportedModuleError
+from ..graph.errors import UnsupportedModuleError
 from ..graph.tracing import ROOT_MODULE_TYPES, build_dependency_graph, channel_dim_size
-from .heads import find_attention_modules, sync_head_counts
+from ..graph.attention import find_attention_modules, sync_head_counts
 
 IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {
     "group_l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),

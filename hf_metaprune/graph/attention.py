@@ -1,10 +1,10 @@
-"""Attention heads as pruning units in transformer encoders (HF ViT, BERT and models built the same way).
+"""Self-attention modules of transformer encoders (HF ViT, BERT and models built the same way), found by structure.
 
-Torch-Pruning's dependency graph already couples a layer's query/key/value output channels with the output
-projection's input channels; what it does not know is that those channels come in heads of ``head_dim`` and that
-removing part of a head breaks the ``view(..., -1, head_dim)`` in the attention forward. Here we find the attention
-modules by their structure (separate q/k/v projections and a head-size attribute — no class names), so the pruner
-can rank and remove *whole heads*, and we keep the modules' head counts consistent afterwards.
+Torch-Pruning's dependency graph couples a layer's query/key/value output channels with the output projection's
+input channels as one channel space; what it does not know is that those channels come in heads of ``head_dim``,
+and that query/key channels meet each other (in q·kᵀ) while value channels meet the output projection. The graph
+splits that space in two (query/key, value/output) and the pruner removes *whole heads*; both find the attention
+modules here by their structure (separate q/k/v projections and a head-size attribute — no class names).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..graph import UnsupportedModuleError
+from .errors import UnsupportedModuleError
 
 HEAD_SIZE_ATTRS = ("head_dim", "attention_head_size")
 HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads")

@@ -1,0 +1,123 @@
+"""Graph adapter for 🤗 ViT / BERT: exact round trip, full coverage, the node sets the method relies on."""
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+import hf_metaprune as hm
+from hf_metaprune.graph import ROLE_INPUT, find_attention_modules
+from test_transformers_pruning import BERT_INPUT, VIT_INPUT, logits, tiny_bert, tiny_vit
+
+MODELS = [(tiny_vit, VIT_INPUT), (tiny_bert, BERT_INPUT)]
+IDS = ["vit", "bert"]
+
+
+def perturbed(make):
+    """Non-trivial LayerNorm and bias values, so that every record column is checked for real."""
+    model = make()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("bias", "LayerNorm.weight")) or "layernorm" in name:
+                p.normal_(0, 0.5)
+    return model
+
+
+def nodes_of(graph: hm.NetworkGraph, name: str) -> torch.Tensor:
+    """Destination nodes of weight ``name`` (its output channels) or the nodes of record ``name``."""
+    slot = next(s for s in graph.slots if s.name == name)
+    if slot.column is None:
+        return graph.edges[slot.kind].index[1, slot.start:slot.end]
+    return graph.records[slot.kind].node[slot.start:slot.end]
+
+
+def sources_of(graph: hm.NetworkGraph, name: str) -> torch.Tensor:
+    slot = next(s for s in graph.slots if s.name == name)
+    return graph.edges[slot.kind].index[0, slot.start:slot.end]
+
+
+def sets(graph, nodes: torch.Tensor) -> set[str]:
+    return {graph.set_names[i] for i in graph.node_set[nodes].unique().tolist()}
+
+
+@pytest.mark.parametrize("make, x", MODELS, ids=IDS)
+def test_round_trip_is_bit_exact_with_full_coverage(make, x):
+    model = perturbed(make)
+    graph = hm.model_to_graph(model, x)
+    state = model.state_dict()
+    covered = [s.name for s in graph.slots] + list(graph.static_buffers)
+    assert sorted(covered) == sorted(state)  # every parameter and buffer, each exactly once
+    assert graph.num_covered_parameters == sum(p.numel() for p in model.parameters())
+    rebuilt = hm.graph_to_model(graph, make(seed=1))  # template with other weights: nothing copied through
+    for k, v in rebuilt.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert torch.equal(logits(rebuilt, x), logits(model, x))
+
+
+def test_vit_node_sets():
+    model = tiny_vit()
+    g = hm.model_to_graph(model, VIT_INPUT)
+    # one residual stream shared by every block, the embeddings and the classifier's inputs
+    hidden = [nodes_of(g, "vit.embeddings.patch_embeddings.projection.weight").unique()]
+    for i in range(2):
+        for name in (f"vit.layers.{i}.attention.o_proj.weight", f"vit.layers.{i}.mlp.fc2.weight"):
+            hidden.append(nodes_of(g, name).unique())
+        hidden.append(nodes_of(g, f"vit.layers.{i}.layernorm_before.weight"))
+    hidden.append(sources_of(g, "classifier.weight").unique())
+    assert all(torch.equal(h, hidden[0]) for h in hidden) and hidden[0].numel() == 32
+    for i in range(2):
+        attn = f"vit.layers.{i}.attention"
+        q, k, v = (nodes_of(g, f"{attn}.{p}_proj.weight").unique() for p in "qkv")
+        o_in = sources_of(g, f"{attn}.o_proj.weight").unique()
+        assert torch.equal(q, k) and torch.equal(v, o_in) and not set(q.tolist()) & set(v.tolist())
+        assert sets(g, q) == {f"{attn}:query_key"} and sets(g, v) == {f"{attn}:value"}
+        assert q.numel() == v.numel() == 32  # 4 heads x 8, kept in head order
+        fc1 = nodes_of(g, f"vit.layers.{i}.mlp.fc1.weight").unique()
+        assert torch.equal(fc1, sources_of(g, f"vit.layers.{i}.mlp.fc2.weight").unique()) and fc1.numel() == 64
+    # class token and position embeddings: input nodes with one edge to every hidden channel
+    for name, rows in (("vit.embeddings.cls_token", 1), ("vit.embeddings.position_embeddings", 65)):
+        src = sources_of(g, name)
+        assert (g.node_role[src] == ROLE_INPUT).all() and src.unique().numel() == rows
+        assert torch.equal(nodes_of(g, name).unique(), hidden[0])
+    assert torch.equal(g.node_role[sources_of(g, "vit.embeddings.patch_embeddings.projection.weight").unique()],
+                       torch.full((3,), ROLE_INPUT))
+
+
+def test_bert_embeddings_and_buffers():
+    model = tiny_bert()
+    g = hm.model_to_graph(model, BERT_INPUT)
+    hidden = nodes_of(g, "bert.embeddings.LayerNorm.weight")
+    for name, rows in (("bert.embeddings.word_embeddings.weight", 100),
+                       ("bert.embeddings.position_embeddings.weight", 64),
+                       ("bert.embeddings.token_type_embeddings.weight", 2)):
+        assert sources_of(g, name).unique().numel() == rows
+        assert torch.equal(nodes_of(g, name).unique(), hidden.sort().values)
+    assert g.edges["embedding"].features.shape == (166 * 32, 1)
+    assert {a.path for a in find_attention_modules(model)} == {f"bert.encoder.layer.{i}.attention.self"
+                                                               for i in range(2)}
+
+
+def test_an_untrained_metanetwork_is_the_identity_and_prunes_heads():
+    for make, x in MODELS:
+        model = make()
+        g = hm.model_to_graph(model, x)
+        metapruner = hm.MetaPrunerModel(hm.MetaPrunerConfig.for_graphs([g], hidden_size=8, num_layers=2))
+        assert "embedding" in metapruner.config.edge_kinds
+        transformed = metapruner.transform(model, x)
+        assert torch.equal(logits(transformed, x), logits(model, x))
+        result = metapruner.prune(model, x, speed_up=1.5)
+        assert result.speed_up >= 1.5 and result.model.config.pruned_attention_heads
+
+
+def test_cross_attention_models_are_refused():
+    model = tiny_bert(is_decoder=True, add_cross_attention=True)
+    with pytest.raises(hm.UnsupportedModuleError, match="cross-attention"):
+        hm.model_to_graph(model, BERT_INPUT)
+
+
+def test_integer_parameters_are_reported():
+    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=32,
+                                                     max_position_embeddings=32, num_labels=2)).eval()
+    model.bert.embeddings.register_parameter("ids", torch.nn.Parameter(torch.ones(3, dtype=torch.int64),
+                                                                       requires_grad=False))
+    with pytest.raises(TypeError, match="floating-point"):
+        hm.model_to_graph(model, {"input_ids": torch.randint(0, 50, (1, 8))})
