@@ -4,7 +4,7 @@ from .configuration_metapruner import MetaPrunerConfig
 from .graph import NetworkGraph, UnsupportedModuleError, graph_to_model, model_to_graph
 from .modeling_metapruner import MetaPrunerModel
 from .pruning import PruneResult, count_macs_and_params, load_pruned, prune_to_speedup, save_pruned
-from .data import load_image_classification
+from .data import load_image_classification, load_text_classification
 from .training import (DataModelZoo, MetaPrunerTrainer, MetaPrunerTrainingArguments, finetune,
                        prune_and_finetune, train_zoo)
 
@@ -23,6 +23,7 @@ __all__ = [
     "finetune",
     "graph_to_model",
     "load_image_classification",
+    "load_text_classification",
     "load_pruned",
     "model_to_graph",
     "prune_and_finetune",

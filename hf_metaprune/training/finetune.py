@@ -1,5 +1,5 @@
-"""Training and finetuning of image classifiers with a 🤗 Trainer: SGD + cosine by default, optional knowledge
-distillation from an unpruned teacher and optional DepGraph sparse learning (pruning-aware finetuning).
+"""Training and finetuning of classifiers (timm / CIFAR CNNs, 🤗 ViT / BERT) with a 🤗 Trainer: SGD + cosine by
+default, optional knowledge distillation from an unpruned teacher and optional DepGraph sparse learning.
 
 The Trainer brings Accelerate (multi-GPU, ``accelerate launch``), progress bars, logging and checkpointing; the
 best epoch is chosen on the validation split carved from the training data, never on the test split.
@@ -13,15 +13,29 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import Trainer, TrainingArguments
+from torch.func import functional_call
+from transformers import PreTrainedModel, Trainer, TrainingArguments
 
-from ..data import ImageClassificationData, TensorImageDataset, accuracy
+from ..data import ClassificationData, accuracy
 from ..modeling_metapruner import _device_of
 from .objectives import ChannelGroups, sparsity_penalty
 
 
+def classifier_logits(model: nn.Module, inputs: dict[str, torch.Tensor],
+                      params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Logits of ``model`` on a batch (without labels): 🤗 models take the batch as keyword arguments and return
+    an output with ``.logits``; plain classifiers take the one input tensor. ``params`` swaps in other weights
+    (``torch.func.functional_call``), as meta-training does."""
+    if isinstance(model, PreTrainedModel):
+        args, kwargs = (), inputs
+    else:
+        args, kwargs = (next(iter(inputs.values())),), {}
+    out = model(*args, **kwargs) if params is None else functional_call(model, params, args, kwargs)
+    return getattr(out, "logits", out)
+
+
 class ClassifierWithLoss(nn.Module):
-    """Adapts a plain classifier (timm / CIFAR CNN) to the Trainer's ``(pixel_values, labels) -> loss`` interface."""
+    """Adapts a classifier to the Trainer's ``(**inputs, labels) -> {"loss", "logits"}`` interface."""
 
     def __init__(self, model: nn.Module, channels_last: bool = True):
         super().__init__()
@@ -30,10 +44,11 @@ class ClassifierWithLoss(nn.Module):
         if channels_last:  # ~1.5x faster convolutions on CPU; weights are converted back after training
             model.to(memory_format=torch.channels_last)
 
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        if self.channels_last and pixel_values.dim() == 4:
-            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
-        logits = self.model(pixel_values)
+    def forward(self, labels: torch.Tensor | None = None, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = inputs.get("pixel_values")
+        if self.channels_last and x is not None and x.dim() == 4:
+            inputs["pixel_values"] = x.contiguous(memory_format=torch.channels_last)
+        logits = classifier_logits(self.model, inputs)
         out = {"logits": logits}
         if labels is not None:
             out["loss"] = F.cross_entropy(logits, labels)
@@ -57,7 +72,7 @@ class ClassifierTrainer(Trainer):
         loss = outputs["loss"]
         if self.teacher is not None and model.training:
             with torch.no_grad():
-                teacher_logits = self.teacher(inputs["pixel_values"])
+                teacher_logits = classifier_logits(self.teacher, {k: v for k, v in inputs.items() if k != "labels"})
             t = self.distill_temperature
             kd = F.kl_div(F.log_softmax(outputs["logits"] / t, -1), F.log_softmax(teacher_logits / t, -1),
                           reduction="batchmean", log_target=True) * t * t
@@ -104,7 +119,7 @@ class FinetuneResult:
 
 def finetune(
     model: nn.Module,
-    data: ImageClassificationData,
+    data: ClassificationData,
     output_dir: str,
     epochs: float = 1.0,
     batch_size: int = 128,
@@ -130,7 +145,7 @@ def finetune(
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
-    groups = ChannelGroups.from_model(model, data.example_inputs().to(_device_of(model))) if sparsity_lambda > 0 \
+    groups = ChannelGroups.from_model(model, data.example_inputs(device=_device_of(model))) if sparsity_lambda > 0 \
         else None
     if epochs == 0 and max_steps <= 0:
         return FinetuneResult(model, evaluate_accuracy(model, data, batch_size=2 * batch_size))
@@ -162,17 +177,18 @@ def finetune(
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, data: ImageClassificationData, split: str = "validation",
-                      batch_size: int = 256) -> float:
+def evaluate_accuracy(model: nn.Module, data: ClassificationData,
+                      split: str = "validation", batch_size: int = 256) -> float:
     """Top-1 accuracy of ``model`` (in eval mode) on one split; a plain loop, no Trainer needed."""
-    dataset: TensorImageDataset = getattr(data, split)
+    dataset = getattr(data, split)
     collate = data.collator(augment=False)
     was_training = model.training
     model.eval()
     device, correct = _device_of(model), 0
     for i in range(0, len(dataset), batch_size):
         batch = collate([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])
-        logits = model(batch["pixel_values"].to(device))
-        correct += int((logits.argmax(-1).cpu() == batch["labels"]).sum())
+        labels = batch.pop("labels")
+        logits = classifier_logits(model, {k: v.to(device) for k, v in batch.items()})
+        correct += int((logits.argmax(-1).cpu() == labels).sum())
     model.train(was_training)
     return correct / max(len(dataset), 1)

@@ -25,14 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from accelerate.utils import gather_object
-from torch.func import functional_call
 from transformers import Trainer, TrainingArguments
 
-from ..data import ImageClassificationData
+from ..data import ClassificationData
 from ..graph import NetworkGraph, model_to_graph
 from ..modeling_metapruner import MetaPrunerModel
 from ..pruning import prune_to_speedup
-from .finetune import evaluate_accuracy
+from .finetune import classifier_logits, evaluate_accuracy
 from .objectives import ChannelGroups, group_norm_stats, sparsity_penalty
 from .zoo import DataModelZoo
 
@@ -105,7 +104,7 @@ class MetaPrunerTrainer(Trainer):
     """
 
     def __init__(self, model: MetaPrunerModel, args: MetaPrunerTrainingArguments, train_zoo: DataModelZoo,
-                 data: ImageClassificationData, eval_zoo: DataModelZoo | None = None, **kwargs):
+                 data: ClassificationData, eval_zoo: DataModelZoo | None = None, **kwargs):
         if not isinstance(args, MetaPrunerTrainingArguments):
             raise TypeError("args must be MetaPrunerTrainingArguments")
         self.architecture = train_zoo.require_architecture()
@@ -127,8 +126,8 @@ class MetaPrunerTrainer(Trainer):
         config.target_speed_ups = [args.probe_speed_up]
 
     # ---- data models ------------------------------------------------------------------------------------
-    def _example_inputs(self) -> torch.Tensor:
-        return self.data.example_inputs().to(self.args.device)
+    def _example_inputs(self):
+        return self.data.example_inputs(device=self.args.device)
 
     def _target(self, index: int) -> _Target:
         if index not in self._targets:
@@ -196,7 +195,7 @@ class MetaPrunerTrainer(Trainer):
         batches = self._task_batches(index)
         total = torch.zeros((), device=self.args.device)
         for batch in batches:
-            logits = functional_call(target.module, state, (batch["pixel_values"],))
+            logits = classifier_logits(target.module, {k: v for k, v in batch.items() if k != "labels"}, state)
             ce = F.cross_entropy(logits, batch["labels"]) / len(batches)
             ce.backward()
             total += ce.detach()
@@ -265,7 +264,9 @@ class MetaPrunerTrainer(Trainer):
             for _ in range(args.probe_finetune_steps):
                 idx = torch.randint(len(self.data.train), (args.task_batch_size,), generator=g)
                 batch = collate([self.data.train[int(i)] for i in idx])
-                loss = F.cross_entropy(model(batch["pixel_values"].to(args.device)), batch["labels"].to(args.device))
+                labels = batch.pop("labels").to(args.device)
+                loss = F.cross_entropy(classifier_logits(model, {k: v.to(args.device) for k, v in batch.items()}),
+                                       labels)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -1,7 +1,7 @@
 """The sparse-learning objective on Torch-Pruning's coupled channel groups (DepGraph's group-norm penalty).
 
-A *pruning unit* is one channel of a coupled group: every parameter slice that disappears when that channel is
-pruned (a conv's output filter, the BN entries, the next convs' input slices, ...). Its squared norm is the
+A *pruning unit* is one channel of a coupled group — or one attention head in a transformer — : every parameter
+slice that disappears when it is pruned (a conv's output filter, the BN entries, the next convs' input slices, ...). Its squared norm is the
 sum of the squared slices. The penalty ``Σ_u γ_u ||W_u||²`` with ``γ = α^((max s − s_u)/(max s − min s))``
 (per coupled group, treated as a constant) pushes already-weak units harder, so importance concentrates.
 """
@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..graph.attention import find_attention_modules
 from ..graph.tracing import build_dependency_graph
 from ..pruning.speedup import _channel_groups, _prunable_groups
 
@@ -45,28 +46,34 @@ class ChannelGroups:
 
     @classmethod
     def from_model(cls, model: nn.Module, example_inputs: Any) -> "ChannelGroups":
+        """The groups :func:`~hf_metaprune.prune_to_speedup` prunes, with the same units (channels or heads)."""
         dg = build_dependency_graph(model, example_inputs)
         names = {m: n for n, m in model.named_modules()}
+        attention = find_attention_modules(model)
+        head_dims = {p: a.head_dim for a in attention for p in a.projections}
         slices, group_of_unit, offset = [], [], 0
-        for gi, group in enumerate(_prunable_groups(dg, ignored=set())):
+        for gi, group in enumerate(_prunable_groups(dg, ignored=set(), prune_hidden=not attention)):
+            head = next((head_dims[it.dep.target.module] for it in group if it.dep.target.module in head_dims), 1)
             size = len(group[0].idxs) // _channel_groups(group)
             for item in group:
                 target, is_out = item.dep.target.module, dg.is_out_channel_pruning_fn(item.dep.handler)
                 idx = torch.as_tensor(item.idxs, dtype=torch.long)
-                unit = torch.as_tensor(item.root_idxs, dtype=torch.long) % size + offset
-                if isinstance(target, nn.Parameter):
-                    slices.append(_Slice(dg._param_to_name[target], 0, idx, unit))
+                unit = torch.as_tensor(item.root_idxs, dtype=torch.long) % size // head + offset
+                if isinstance(target, nn.Parameter):  # Torch-Pruning prunes a loose parameter's last dimension
+                    slices.append(_Slice(dg._param_to_name[target], target.dim() - 1, idx, unit))
                     continue
                 if target not in names:
                     continue
                 for pname, p in target.named_parameters(recurse=False):
                     full = f"{names[target]}.{pname}" if names[target] else pname
-                    if is_out or p.dim() == 1 and _is_depthwise(target):
+                    if isinstance(target, nn.Embedding):  # rows are tokens; channels are columns
+                        slices.append(_Slice(full, 1, idx, unit))
+                    elif is_out or p.dim() == 1 and _is_depthwise(target):
                         slices.append(_Slice(full, 0, idx, unit))
                     elif p.dim() > 1 and getattr(target, "groups", 1) == 1:  # grouped convs: outputs carry it
                         slices.append(_Slice(full, 1, idx, unit))
-            group_of_unit.append(torch.full((size,), gi, dtype=torch.long))
-            offset += size
+            group_of_unit.append(torch.full((size // head,), gi, dtype=torch.long))
+            offset += size // head
         return cls(slices, torch.cat(group_of_unit) if group_of_unit else torch.zeros(0, dtype=torch.long))
 
     def unit_sq_norms(self, params: dict[str, torch.Tensor]) -> torch.Tensor:

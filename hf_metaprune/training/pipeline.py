@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from ..data import ImageClassificationData
+from ..data import ClassificationData
 from ..modeling_metapruner import MetaPrunerModel, _device_of
 from ..pruning import PruneResult, prune_to_speedup
 from .finetune import evaluate_accuracy, finetune
@@ -38,7 +38,7 @@ class PrePruneResult:
 
 def pre_prune(
     model: nn.Module,
-    data: ImageClassificationData,
+    data: ClassificationData,
     output_dir: str,
     metapruner: MetaPrunerModel | None = None,
     epochs: float = 0.0,
@@ -54,7 +54,7 @@ def pre_prune(
     times, accs = {}, {}
     start = time.time()
     if metapruner is not None:
-        current = metapruner.transform(model, data.example_inputs().to(_device_of(model)))
+        current = metapruner.transform(model, data.example_inputs(device=_device_of(model)))
         times["transform"] = time.time() - start
         accs["transformed"] = evaluate_accuracy(current, data)
     else:
@@ -70,7 +70,7 @@ def pre_prune(
 
 def prune_and_finetune(
     model: nn.Module,
-    data: ImageClassificationData,
+    data: ClassificationData,
     speed_up: float,
     output_dir: str,
     metapruner: MetaPrunerModel | None = None,
@@ -93,7 +93,7 @@ def prune_and_finetune(
     times, accs = pre.stage_seconds, pre.stage_val_accuracy
     teacher = _frozen_copy(model) if distill else None
     start = time.time()
-    x = data.example_inputs().to(_device_of(model))
+    x = data.example_inputs(device=_device_of(model))
     result = prune_to_speedup(pre.model, x, speed_up, importance=importance, inplace=True, **(prune_kwargs or {}))
     times["prune"] = time.time() - start
     accs["pruned"] = evaluate_accuracy(result.model, data)

@@ -2,10 +2,13 @@
 
 A zoo is a 🤗 ``datasets.Dataset`` with one row per network: safetensors bytes of its weights plus the
 architecture, per-layer widths and metadata. It saves with ``save_to_disk`` / ``push_to_hub`` and loads back
-offline with ``load_from_disk``. No pickle is involved anywhere.
+offline with ``load_from_disk``. No pickle is involved anywhere. Architectures are timm names (CNNs) or
+``transformers:<ModelClass>`` with the model's config as ``model_kwargs`` (a pruned 🤗 model's config rebuilds its
+per-layer widths itself).
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -16,10 +19,12 @@ import datasets
 import safetensors.torch
 import timm
 import torch
+import transformers
 from accelerate import PartialState
 from torch import nn
 
-from ..data import ImageClassificationData
+from ..data import ClassificationData, TextClassificationData
+from ..pruning import pretrained as pruned_classes
 from ..pruning import count_macs_and_params, module_widths, prune_to_speedup
 from ..pruning.serialization import architecture_of, rebuild_pruned
 from .finetune import finetune
@@ -105,8 +110,10 @@ class DataModelZoo:
             state = safetensors.torch.load(row["weights"])
         except Exception as e:
             raise ValueError(f"{what}: weights are not readable safetensors bytes: {e}") from e
-        model = rebuild_pruned(row["architecture"], json.loads(row["model_kwargs"]), json.loads(row["widths"]),
-                               state, source=what)
+        kwargs = json.loads(row["model_kwargs"])
+        if row["architecture"].startswith(HF_PREFIX):
+            return _rebuild_transformers(row["architecture"], kwargs, state, what).eval()
+        model = rebuild_pruned(row["architecture"], kwargs, json.loads(row["widths"]), state, source=what)
         return model.eval()
 
     @staticmethod
@@ -120,9 +127,40 @@ class DataModelZoo:
                 "weights": safetensors.torch.save(state)}
 
 
+HF_PREFIX = "transformers:"
+_CONFIG_BOOKKEEPING = ("transformers_version", "architectures", "model_type", "_name_or_path")
+
+
+def _describe_transformers(model: transformers.PreTrainedModel) -> tuple[str, dict[str, Any]]:
+    config = {k: v for k, v in model.config.to_dict().items() if k not in _CONFIG_BOOKKEEPING}
+    return HF_PREFIX + type(model).__name__, config
+
+
+def _rebuild_transformers(architecture: str, config: dict[str, Any], state: dict[str, torch.Tensor],
+                          source: str) -> nn.Module:
+    name = architecture.removeprefix(HF_PREFIX)
+    cls = getattr(pruned_classes, name, None) or getattr(transformers, name, None)
+    if cls is None:
+        raise ValueError(f"{source}: unknown transformers model class '{name}'")
+    model = cls(cls.config_class(**config))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{source}: the weights do not match the stored {name} config: {e}") from e
+    return model
+
+
+def _signature(architecture: str, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """What all data models of one zoo share (a lightly pruned 🤗 model is still the same family)."""
+    if architecture.startswith(HF_PREFIX):
+        base = HF_PREFIX + architecture.removeprefix(HF_PREFIX).removeprefix("MetaPruned")
+        return base, {k: v for k, v in kwargs.items() if k not in pruned_classes.PRUNED_FIELDS}
+    return architecture, kwargs
+
+
 def train_zoo(
-    architecture: str,
-    data: ImageClassificationData,
+    architecture: str | transformers.PretrainedConfig,
+    data: ClassificationData,
     output_dir: str | os.PathLike,
     num_models: int,
     epochs: float,
@@ -134,6 +172,9 @@ def train_zoo(
 ) -> DataModelZoo:
     """Train ``num_models`` data models with seeds ``seed, seed+1, ...`` and save them to ``output_dir/zoo``.
 
+    ``architecture`` is a timm model name, or a 🤗 config (e.g. ``ViTConfig(...)``) built with
+    ``AutoModelForImageClassification`` / ``AutoModelForSequenceClassification`` according to ``data``.
+
     With ``prune_speed_up`` (the published recipe uses ~1.3), each model is lightly pruned (group-L2) and
     finetuned for ``finetune_epochs`` so that widths vary across the zoo. The zoo is rewritten after every
     model, so an interrupted run resumes with the next missing seed. Extra keyword arguments go to
@@ -141,11 +182,21 @@ def train_zoo(
     """
     if num_models < 1:
         raise ValueError(f"num_models must be >= 1, got {num_models}")
-    model_kwargs = {"num_classes": data.num_classes, **(model_kwargs or {})}
+    if isinstance(architecture, transformers.PretrainedConfig):
+        config = copy.deepcopy(architecture)
+        config.num_labels = data.num_classes
+        auto = transformers.AutoModelForSequenceClassification if isinstance(data, TextClassificationData) \
+            else transformers.AutoModelForImageClassification
+        create = lambda: auto.from_config(config)  # noqa: E731
+        with torch.device("meta"):
+            architecture, model_kwargs = _describe_transformers(create())
+    else:
+        model_kwargs = {"num_classes": data.num_classes, **(model_kwargs or {})}
+        create = lambda: timm.create_model(architecture, pretrained=False, **model_kwargs)  # noqa: E731
     zoo_dir = os.path.join(output_dir, "zoo")
     rows = DataModelZoo.load(zoo_dir).dataset.to_list() if os.path.isdir(zoo_dir) else []
     for row in rows:
-        if row["architecture"] != architecture or json.loads(row["model_kwargs"]) != model_kwargs:
+        if _signature(row["architecture"], json.loads(row["model_kwargs"])) != _signature(architecture, model_kwargs):
             raise ValueError(f"{zoo_dir} already holds {row['architecture']} {row['model_kwargs']}; cannot add "
                              f"{architecture} {model_kwargs} to it — use another output_dir")
     done = {row["seed"] for row in rows}
@@ -155,8 +206,8 @@ def train_zoo(
             continue
         start = time.time()
         torch.manual_seed(s)
-        model = timm.create_model(architecture, pretrained=False, **model_kwargs)
-        if architecture_of(model) is None:
+        model = create()
+        if not architecture.startswith(HF_PREFIX) and architecture_of(model) is None:
             model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), "architecture": architecture}
         run_dir = os.path.join(output_dir, "runs", f"seed{s}")
         result = finetune(model, data, run_dir, epochs=epochs, seed=s, **finetune_kwargs)
@@ -164,7 +215,9 @@ def train_zoo(
             pruned = prune_to_speedup(result.model, x, prune_speed_up, importance="group_l2").model
             result = finetune(pruned, data, run_dir + "-pruned", epochs=finetune_epochs, seed=s, **finetune_kwargs)
         macs, _ = count_macs_and_params(result.model, x)
-        rows.append(DataModelZoo.encode(result.model, architecture, model_kwargs, s, result.val_accuracy, macs))
+        name, kwargs = _describe_transformers(result.model) if architecture.startswith(HF_PREFIX) \
+            else (architecture, model_kwargs)
+        rows.append(DataModelZoo.encode(result.model, name, kwargs, s, result.val_accuracy, macs))
         state = PartialState()  # under `accelerate launch` every process trains; one writes
         state.wait_for_everyone()
         if state.is_main_process:
