@@ -98,3 +98,22 @@ def test_one_process_matches_two_processes(zoo_dir, two_process_run, tmp_path):
     assert one.keys() == two.keys()
     for name in one:
         torch.testing.assert_close(one[name], two[name], atol=1e-4, rtol=1e-4, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("script, dataset", [("examples/prune_bert.py", "trec"), ("examples/prune_vit.py", "cifar10")])
+def test_transformers_examples_under_accelerate_launch(script, dataset, tmp_path):
+    """The ViT / BERT examples, two processes: zoo, meta-training and finetuning run data-parallel, the main
+    process writes the results and a pruned model that reloads with from_pretrained."""
+    out = str(tmp_path / "run")
+    cmd = [*ACCELERATE, "--multi_gpu", "--num_processes", "2", "--main_process_port", str(_free_port()), script,
+           "--dataset", DATA.replace("cifar10", dataset), "--output_dir", out, "--max_train_samples", "600",
+           "--val_size", "100", "--max_test_samples", "100", "--num_zoo_models", "2", "--zoo_epochs", "0.5",
+           "--max_steps", "2", "--finetune_epochs", "0.5", "--hidden_size", "16", "--num_hidden_layers", "2",
+           "--intermediate_size", "32", "--batch_size", "16", "--task_batch_size", "8"]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert proc.stdout.count("pruned model saved to") == 1  # main process only
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(os.path.join(out, "pruned"))
+    assert config.model_type.startswith("metaprune_") and config.pruned_attention_heads
