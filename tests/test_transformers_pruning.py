@@ -201,3 +201,16 @@ def test_failed_inplace_pruning_leaves_the_model_untouched():
     assert type(model) is ViTForImageClassification
     result = hm.prune_to_speedup(model, VIT_INPUT, 2.0, inplace=True)
     assert result.model is model and type(model).__name__ == "MetaPrunedViTForImageClassification"
+
+
+@pytest.mark.parametrize("make, x, auto", [(tiny_vit, VIT_INPUT, AutoModelForImageClassification),
+                                           (tiny_bert, BERT_INPUT, AutoModelForSequenceClassification)],
+                         ids=["vit", "bert"])
+def test_optional_hidden_width_pruning_reloads(make, x, auto, tmp_path):
+    torch.manual_seed(0)  # random ranking, so the residual stream surely loses channels
+    pruned = hm.prune_to_speedup(make(), x, 2.0, importance="random", prune_hidden=True).model
+    norms = [m for m in pruned.modules() if isinstance(m, nn.LayerNorm)]
+    assert len({m.normalized_shape[0] for m in norms}) == 1 and norms[0].normalized_shape[0] < 32
+    pruned.save_pretrained(tmp_path)
+    loaded = auto.from_pretrained(tmp_path).eval()
+    assert torch.equal(logits(loaded, x), logits(pruned, x))

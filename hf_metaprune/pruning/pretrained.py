@@ -84,7 +84,8 @@ def _shrink_to_config(model: nn.Module, config) -> None:
     if not shapes:
         return
     state = {k: torch.empty(v, device="meta") for k, v in shapes.items()}
-    _shrink_to(model, config.pruned_widths or {}, state)
+    with torch.device("cpu"):  # from_pretrained builds under a meta default device; Torch-Pruning's index tensors
+        _shrink_to(model, config.pruned_widths or {}, state)  # must not be created there
     heads = config.pruned_attention_heads or {}
     for a in find_attention_modules(model):
         if a.path in heads and a.num_heads != heads[a.path]:

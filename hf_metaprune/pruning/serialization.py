@@ -97,7 +97,8 @@ def _shrink_to(model: nn.Module, widths: dict[str, dict[str, int]], state: dict[
             if tp.ops.module2type(m) != tp.ops.OPTYPE.DEPTHWISE_CONV:
                 _shrink(pruner.prune_in_channels, m, pruner.get_in_channels(m), w["in"])
         elif pruner is not None:
-            size = next(t.shape[0] for n, t in targets.items() if t is not None and t.dim() > 0)
+            # channels are the last dimension: norms' 1-D tensors, an embedding's columns
+            size = next(t.shape[-1] for n, t in targets.items() if t is not None and t.dim() > 0)
             _shrink(pruner.prune_out_channels, m, pruner.get_out_channels(m), size)
         else:
             for n, t in targets.items():  # loose 1-D parameters such as layer-scale gammas

@@ -246,7 +246,7 @@ def _channel_groups(group) -> int:
 def _group_candidates(dg, group, gi, importance, layer_macs, initial, max_ratio, head_dims) -> list[_Candidate]:
     n_ch = _channel_groups(group)
     # an attention group (q/k/v outputs + output projection inputs) is pruned in whole heads
-    unit = next((head_dims[item.dep.target.module] for item in group if item.dep.target.module in head_dims), 1)
+    unit = _head_size(dg, group, head_dims)
     size = len(group[0].idxs) // n_ch // unit
     root = group[0].dep.target.module
     initial.setdefault(id(root), size)
@@ -271,6 +271,12 @@ def _group_candidates(dg, group, gi, importance, layer_macs, initial, max_ratio,
             cost += layer_macs[m] * (len(item.idxs) / dim) / size
     order = torch.argsort(imp)[:prunable]
     return [_Candidate(float(imp[i]), gi, int(i), cost, unit) for i in order]
+
+
+def _head_size(dg: tp.DependencyGraph, group, head_dims: dict[nn.Module, int]) -> int:
+    """``head_dim`` for a group of query/key/value output channels (pruned in whole heads), else 1."""
+    return next((head_dims[it.dep.target.module] for it in group if it.dep.target.module in head_dims
+                 and dg.is_out_channel_pruning_fn(it.dep.handler)), 1)
 
 
 def _choose(candidates: list[_Candidate], need: float, room: float) -> list[_Candidate]:

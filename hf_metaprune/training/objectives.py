@@ -15,7 +15,7 @@ from torch import nn
 
 from ..graph.attention import find_attention_modules
 from ..graph.tracing import build_dependency_graph
-from ..pruning.speedup import _channel_groups, _prunable_groups
+from ..pruning.speedup import _channel_groups, _head_size, _prunable_groups
 
 
 @dataclass
@@ -53,7 +53,7 @@ class ChannelGroups:
         head_dims = {p: a.head_dim for a in attention for p in a.projections}
         slices, group_of_unit, offset = [], [], 0
         for gi, group in enumerate(_prunable_groups(dg, ignored=set(), prune_hidden=not attention)):
-            head = next((head_dims[it.dep.target.module] for it in group if it.dep.target.module in head_dims), 1)
+            head = _head_size(dg, group, head_dims)
             size = len(group[0].idxs) // _channel_groups(group)
             for item in group:
                 target, is_out = item.dep.target.module, dg.is_out_channel_pruning_fn(item.dep.handler)
