@@ -62,9 +62,9 @@ def masked_reference(original: nn.Module, pruned: nn.Module) -> nn.Module:
         mask = torch.zeros(a.num_heads, a.head_dim)
         mask[heads] = 1
         out_proj[owner].weight.data *= mask.reshape(1, -1)
-    widths = pruned.config.pruned_widths
+    widths = hm.pruning.module_widths(original)
     for name, m in reference.named_modules():  # MLP: first layer's kept rows, zero the second layer's columns
-        if isinstance(m, nn.Linear) and name in widths and name.endswith(("mlp.fc1", "intermediate.dense")):
+        if isinstance(m, nn.Linear) and name in widths and name.endswith(("mlp.fc1", "intermediate.dense")):  # all
             kept = kept_rows(m.weight, pruned.get_submodule(name).weight, 1)
             second = reference.get_submodule(name.replace("mlp.fc1", "mlp.fc2").replace(
                 "intermediate.dense", "output.dense").replace("attention.output", "output"))
@@ -112,7 +112,7 @@ def test_per_layer_head_counts_can_differ():
 def test_pruned_model_reloads_with_from_pretrained(make, x, auto, tmp_path):
     pruned = hm.prune_to_speedup(make(), x, 2.5).model
     pruned.save_pretrained(tmp_path)
-    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors", "modeling_metaprune.py"]
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"].startswith("metaprune_") and config["pruned_attention_heads"]
     loaded = auto.from_pretrained(tmp_path).eval()
@@ -126,6 +126,18 @@ def test_pruned_model_reloads_with_from_pretrained(make, x, auto, tmp_path):
             "print(type(m).__name__, sum(p.numel() for p in m.parameters()))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == [type(pruned).__name__, str(sum(p.numel() for p in pruned.parameters()))]
+    # and without hf_metaprune at all: the folder carries its modeling code (trust_remote_code)
+    assert (tmp_path / "modeling_metaprune.py").is_file() and "AutoConfig" in config["auto_map"]
+    torch.save(x, tmp_path / "x.pt")
+    code = ("import sys, torch, transformers; assert 'hf_metaprune' not in sys.modules; "
+            f"m = transformers.{auto.__name__}.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval(); "
+            f"x = torch.load({str(tmp_path / 'x.pt')!r}); "
+            "out = m(**x) if isinstance(x, dict) else m(x); "
+            f"torch.save(out.logits, {str(tmp_path / 'remote.pt')!r}); assert 'hf_metaprune' not in sys.modules")
+    env = {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
+    subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
+                   cwd=str(tmp_path))
+    assert torch.equal(torch.load(tmp_path / "remote.pt"), logits(pruned, x))
 
 
 def test_pruning_a_pruned_model_again_keeps_it_reloadable(tmp_path):

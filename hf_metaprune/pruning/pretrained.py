@@ -5,9 +5,13 @@ or intermediate sizes. For a base class such as ``ViTForImageClassification`` we
 Auto classes) a config subclass that also stores the pruned tensor shapes and per-module head counts, and a model
 subclass whose ``__init__`` builds the base model and shrinks it to those shapes — so ``save_pretrained`` /
 ``AutoModelFor...from_pretrained`` / ``push_to_hub`` work like for any other model, with safetensors weights.
+``save_pretrained`` also writes the same classes as ``modeling_metaprune.py`` with an ``auto_map``, so the folder
+(or Hub repo) loads with ``trust_remote_code=True`` where hf_metaprune is not installed.
 """
 from __future__ import annotations
 
+import inspect
+import os
 import sys
 
 import torch
@@ -17,10 +21,11 @@ from transformers import (AutoConfig, AutoModel, AutoModelForImageClassification
                           ViTModel)
 
 from ..graph.attention import find_attention_modules, sync_head_counts
-from .serialization import _shrink_to
-from .speedup import module_widths
+from . import shapes as shapes_module
+from .shapes import shrink_to_shapes
 
-PRUNED_FIELDS = ("pruned_shapes", "pruned_widths", "pruned_attention_heads")
+PRUNED_FIELDS = ("pruned_shapes", "pruned_attention_heads", "auto_map")
+REMOTE_CODE_FILE = "modeling_metaprune.py"
 AUTO_CLASSES = (AutoModel, AutoModelForImageClassification, AutoModelForSequenceClassification)
 _PRUNED_CLASSES: dict[type, type] = {}
 
@@ -44,13 +49,23 @@ def pruned_model_class(base_class: type[PreTrainedModel]) -> type[PreTrainedMode
         base_class.__init__(self, config, *args, **kwargs)
         _shrink_to_config(self, config)
 
+    autos = [auto for auto in AUTO_CLASSES if auto._model_mapping.get(base_config, None) is base_class]
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """As usual, plus ``modeling_metaprune.py`` and an ``auto_map`` for ``trust_remote_code`` loading."""
+        remote = REMOTE_CODE_FILE.removesuffix(".py")
+        self.config.auto_map = {"AutoConfig": f"{remote}.{config_class.__name__}",
+                                **{a.__name__: f"{remote}.{type(self).__name__}" for a in autos}}
+        base_class.save_pretrained(self, save_directory, *args, **kwargs)
+        with open(os.path.join(save_directory, REMOTE_CODE_FILE), "w") as f:
+            f.write(_remote_code(base_config, base_class, config_class.__name__, type(self).__name__, model_type))
+
     cls = type(f"MetaPruned{base_class.__name__}", (base_class,),
-               {"config_class": config_class, "__init__": __init__, "__module__": __name__,
-                "_metaprune_base_class": base_class})
+               {"config_class": config_class, "__init__": __init__, "save_pretrained": save_pretrained,
+                "__module__": __name__, "_metaprune_base_class": base_class})
     setattr(module, cls.__name__, cls)
-    for auto in AUTO_CLASSES:
-        if auto._model_mapping.get(base_config, None) is base_class:
-            auto.register(config_class, cls, exist_ok=True)
+    for auto in autos:
+        auto.register(config_class, cls, exist_ok=True)
     _PRUNED_CLASSES[base_class] = cls
     return cls
 
@@ -65,10 +80,8 @@ def attach_pruned_config(model: PreTrainedModel) -> PreTrainedModel:
         reference = base_class(base_class.config_class(**fields))
     ref_shapes = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
     shapes = {k: list(v.shape) for k, v in model.state_dict().items() if tuple(v.shape) != ref_shapes.get(k)}
-    changed_modules = {k.rsplit(".", 1)[0] for k in shapes}
-    widths = {k: w for k, w in module_widths(model).items() if k in changed_modules}
     heads = sync_head_counts(find_attention_modules(model))
-    config = cls.config_class(**fields, pruned_shapes=shapes, pruned_widths=widths, pruned_attention_heads=heads)
+    config = cls.config_class(**fields, pruned_shapes=shapes, pruned_attention_heads=heads)
     config.architectures = [cls.__name__]
     old = model.config
     config._attn_implementation = old._attn_implementation  # not part of to_dict(): keep the same kernels
@@ -80,20 +93,36 @@ def attach_pruned_config(model: PreTrainedModel) -> PreTrainedModel:
 
 
 def _shrink_to_config(model: nn.Module, config) -> None:
-    shapes = getattr(config, "pruned_shapes", None) or {}
+    shapes, heads = getattr(config, "pruned_shapes", None) or {}, getattr(config, "pruned_attention_heads", None) or {}
     if not shapes:
         return
-    state = {k: torch.empty(v, device="meta") for k, v in shapes.items()}
-    with torch.device("cpu"):  # from_pretrained builds under a meta default device; Torch-Pruning's index tensors
-        _shrink_to(model, config.pruned_widths or {}, state)  # must not be created there
-    heads = config.pruned_attention_heads or {}
+    try:
+        shrink_to_shapes(model, shapes, heads)
+    except (AttributeError, StopIteration) as e:
+        raise ValueError(f"the pruned config does not fit {type(model).__name__}: {e}") from e
     for a in find_attention_modules(model):
-        if a.path in heads and a.num_heads != heads[a.path]:
+        if a.num_heads != heads.get(a.path, a.num_heads):
             raise ValueError(f"config says {heads[a.path]} heads for '{a.path}', its projections hold {a.num_heads}")
-    sync_head_counts(find_attention_modules(model))
-    missing = set(heads) - {a.path for a in find_attention_modules(model)}
-    if missing:
-        raise ValueError(f"config lists head counts for modules the model does not have: {sorted(missing)}")
+
+
+def _remote_code(base_config: type, base_class: type, config_name: str, class_name: str, model_type: str) -> str:
+    """``modeling_metaprune.py``: the shrinking code (plain torch) and the two classes, for trust_remote_code."""
+    return f"""{inspect.getsource(shapes_module)}
+
+from transformers import {base_config.__name__}, {base_class.__name__}  # noqa: E402
+
+
+class {config_name}({base_config.__name__}):
+    model_type = "{model_type}"
+
+
+class {class_name}({base_class.__name__}):
+    config_class = {config_name}
+
+    def __init__(self, config, *args, **kwargs):
+        super().__init__(config, *args, **kwargs)
+        shrink_to_shapes(self, config.pruned_shapes or {{}}, config.pruned_attention_heads or {{}})
+"""
 
 
 for _base in (ViTModel, ViTForImageClassification, BertModel, BertForSequenceClassification):

@@ -1,0 +1,47 @@
+"""Shrink a freshly built model to a pruned model's recorded tensor shapes, with plain PyTorch.
+
+This module imports nothing but torch: besides rebuilding pruned 🤗 models inside hf_metaprune, its source is
+written next to a saved pruned model as the ``trust_remote_code`` modeling file, so the model loads where
+hf_metaprune is not installed.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads")
+HEAD_SIZE_ATTRS = ("head_dim", "attention_head_size")
+
+
+def shrink_to_shapes(model: nn.Module, shapes: dict, head_counts: dict) -> None:
+    """Replace every tensor named in ``shapes`` by an (uninitialised) one of the recorded shape, update the
+    modules' size attributes, and set the attention modules' head counts; the weights are loaded afterwards."""
+    for key, shape in shapes.items():
+        path, _, name = key.rpartition(".")
+        module = model.get_submodule(path)
+        old = getattr(module, name)
+        new = torch.empty(shape, dtype=old.dtype, device=old.device)
+        if isinstance(old, nn.Parameter):
+            setattr(module, name, nn.Parameter(new, requires_grad=old.requires_grad))
+        else:
+            module.register_buffer(name, new, persistent=name not in module._non_persistent_buffers_set)
+    for m in model.modules():
+        w = getattr(m, "weight", None)
+        if isinstance(m, nn.Linear):
+            m.out_features, m.in_features = w.shape
+        elif isinstance(m, nn.modules.conv._ConvNd):
+            m.out_channels, m.in_channels = w.shape[0], w.shape[1] * m.groups
+        elif isinstance(m, nn.Embedding):
+            m.num_embeddings, m.embedding_dim = w.shape
+        elif isinstance(m, nn.LayerNorm) and w is not None:
+            m.normalized_shape = (w.shape[0],)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.num_features = m.running_mean.shape[0] if m.running_mean is not None else w.shape[0]
+    for path, heads in head_counts.items():
+        m = model.get_submodule(path)
+        for attr in HEAD_COUNT_ATTRS:
+            if hasattr(m, attr):
+                setattr(m, attr, heads)
+        head_dim = next(getattr(m, a) for a in HEAD_SIZE_ATTRS if isinstance(getattr(m, a, None), int))
+        if hasattr(m, "all_head_size"):
+            m.all_head_size = heads * head_dim
