@@ -47,15 +47,16 @@ PRESETS: dict[str, dict] = {
     "cpu-small": dict(
         architecture="cifar_resnet20", dataset="../shared/data/cifar10", max_train_samples=20000, val_size=2000,
         num_seeds=3, base_epochs=8.0, num_zoo_models=4, num_eval_zoo_models=1,
-        hidden_size=32, num_layers=4, residual_scale=0.1, meta_max_steps=150, meta_eval_steps=50,
-        meta_learning_rate=[1e-3, 1e-2, 3e-3], meta_sparsity_lambda=[3e-3, 1e-2, 3e-2],
-        meta_sparsity_relative=[False, True, True], task_batch_size=64, task_batches_per_step=2,
+        hidden_size=32, num_layers=4, meta_max_steps=80, meta_eval_steps=10,
+        meta_learning_rate=[2e-3, 1e-3, 1e-3], meta_sparsity_lambda=[3e-2, 3e-2, 1e-3],
+        meta_sparsity_relative=[True], meta_residual_scale=[0.1, 0.1, 0.01], task_batch_size=64,
+        task_batches_per_step=2,
         speed_ups=[2.0, 3.0], pre_epochs=2.0, post_epochs=4.0, sl_lambda=2.5e-3),
     # the published ResNet-56 protocol (GPU): 200-epoch base models, 10 data models, 100 + 100 finetuning epochs
     "paper": dict(
         architecture="cifar_resnet56", dataset="../shared/data/cifar10", max_train_samples=0, val_size=5000,
         num_seeds=3, base_epochs=200.0, num_zoo_models=10, num_eval_zoo_models=2, zoo_prune_speed_up=1.3,
-        zoo_finetune_epochs=20.0, hidden_size=64, num_layers=8, residual_scale=0.01, meta_max_steps=2000,
+        zoo_finetune_epochs=20.0, hidden_size=64, num_layers=8, meta_residual_scale=[0.01], meta_max_steps=2000,
         meta_eval_steps=200, meta_learning_rate=[1e-3], meta_sparsity_lambda=[3e-3], meta_sparsity_relative=[False],
         task_batch_size=128, task_batches_per_step=8, speed_ups=[2.3, 3.0], pre_epochs=100.0, post_epochs=100.0,
         sl_lambda=2.5e-4),
@@ -63,7 +64,7 @@ PRESETS: dict[str, dict] = {
     "paper-vgg19": dict(
         architecture="cifar_vgg19_bn", dataset="uoft-cs/cifar100", label_column="fine_label", max_train_samples=0,
         val_size=5000, num_seeds=3, base_epochs=200.0, num_zoo_models=10, num_eval_zoo_models=2,
-        zoo_prune_speed_up=1.3, zoo_finetune_epochs=20.0, hidden_size=32, num_layers=8, residual_scale=0.05,
+        zoo_prune_speed_up=1.3, zoo_finetune_epochs=20.0, hidden_size=32, num_layers=8, meta_residual_scale=[0.05],
         meta_max_steps=2000, meta_eval_steps=200, meta_learning_rate=[1e-3], meta_sparsity_lambda=[3e-3],
         meta_sparsity_relative=[False], task_batch_size=128, task_batches_per_step=8, speed_ups=[8.95],
         pre_epochs=100.0, post_epochs=100.0, sl_lambda=2.5e-4),
@@ -102,12 +103,12 @@ class BenchmarkArguments:
     # metanetwork
     hidden_size: int = field(default=32)
     num_layers: int = field(default=4)
-    residual_scale: float = field(default=0.1, metadata={"help": "ε"})
     meta_max_steps: int = field(default=150)
     meta_eval_steps: int = field(default=50)
     meta_learning_rate: list[float] = field(default_factory=lambda: [1e-3])
     meta_sparsity_lambda: list[float] = field(default_factory=lambda: [3e-3])
     meta_sparsity_relative: list[bool] = field(default_factory=lambda: [False])
+    meta_residual_scale: list[float] = field(default_factory=lambda: [0.1], metadata={"help": "ε"})
     task_batch_size: int = field(default=64)
     task_batches_per_step: int = field(default=2)
     probe_finetune_steps: int = field(default=50)
@@ -125,10 +126,11 @@ class BenchmarkArguments:
     def __post_init__(self):
         self.output_dir = self.output_dir or f"outputs/cifar-{self.preset}"
         n = len(self.meta_learning_rate)
-        lists = (self.meta_sparsity_lambda, self.meta_sparsity_relative)
+        lists = (self.meta_sparsity_lambda, self.meta_sparsity_relative, self.meta_residual_scale)
         if any(len(v) not in (1, n) for v in lists):
-            raise ValueError("--meta_learning_rate, --meta_sparsity_lambda and --meta_sparsity_relative are zipped "
-                             "into candidates: give each one value or the same number of values")
+            raise ValueError("--meta_learning_rate, --meta_sparsity_lambda, --meta_sparsity_relative and "
+                             "--meta_residual_scale are zipped into candidates: give each one value or the same "
+                             "number of values")
         if self.num_eval_zoo_models < 1 or self.num_zoo_models <= self.num_eval_zoo_models:
             raise ValueError(f"need at least one held-out and one training data model, got num_zoo_models="
                              f"{self.num_zoo_models}, num_eval_zoo_models={self.num_eval_zoo_models}")
@@ -139,7 +141,8 @@ class BenchmarkArguments:
         n = len(self.meta_learning_rate)
         pick = lambda v, i: v[i] if len(v) > 1 else v[0]  # noqa: E731
         return [dict(learning_rate=self.meta_learning_rate[i], sparsity_lambda=pick(self.meta_sparsity_lambda, i),
-                     sparsity_relative=pick(self.meta_sparsity_relative, i)) for i in range(n)]
+                     sparsity_relative=pick(self.meta_sparsity_relative, i),
+                     residual_scale=pick(self.meta_residual_scale, i)) for i in range(n)]
 
 
 def parse_args(argv: list[str] | None = None) -> BenchmarkArguments:
@@ -200,7 +203,7 @@ def train_metanetwork(args, candidate: dict, index: int, train_zoo, eval_zoo, da
         set_seed(0)
         graph = hm.model_to_graph(train_zoo.model(0), data.example_inputs())
         config = hm.MetaPrunerConfig.for_graphs([graph], hidden_size=args.hidden_size, num_layers=args.num_layers,
-                                                residual_scale=args.residual_scale, dataset=args.dataset)
+                                                residual_scale=candidate["residual_scale"], dataset=args.dataset)
         training_args = hm.MetaPrunerTrainingArguments(
             output_dir=run_dir, max_steps=args.meta_max_steps, per_device_train_batch_size=1,
             learning_rate=candidate["learning_rate"], sparsity_lambda=candidate["sparsity_lambda"],
@@ -311,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict:
                        finetune_epochs=args.zoo_finetune_epochs, **zoo_kwargs)
     train_zoo, eval_zoo = zoo.split(args.num_eval_zoo_models)
     cache.add_seconds("zoo", time.time() - t)
-    log(f"base models: val {bases.dataset['val_accuracy']}; zoo: val {zoo.dataset['val_accuracy']}")
+    log(f"base models: val {list(bases.dataset['val_accuracy'])}; zoo: val {list(zoo.dataset['val_accuracy'])}")
 
     # 2. meta-training: every candidate, selected by prune-and-probe accuracy on the validation split
     t = time.time()

@@ -34,6 +34,7 @@ def test_presets_and_overrides(cifar_benchmark):
     small = cifar_benchmark.parse_args(["--preset=cpu-small", "--post_epochs", "7", "--speed_ups", "2.5"])
     assert (small.architecture, small.post_epochs, small.speed_ups) == ("cifar_resnet20", 7.0, [2.5])
     assert len(small.candidates()) == 3 and small.candidates()[1]["sparsity_relative"] is True
+    assert [c["residual_scale"] for c in small.candidates()] == [0.1, 0.1, 0.01]
     with pytest.raises(ValueError, match="unknown preset"):
         cifar_benchmark.parse_args(["--preset", "imagenet"])
     with pytest.raises(ValueError, match="zipped"):
