@@ -17,10 +17,12 @@ import torch
 import torch_pruning as tp
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+from transformers import PreTrainedModel
 
+from ..graph.attention import find_attention_modules, sync_head_counts
 from ..graph.errors import UnsupportedModuleError
 from ..graph.tracing import ROOT_MODULE_TYPES, build_dependency_graph, channel_dim_size
-from ..graph.attention import find_attention_modules, sync_head_counts
+from .pretrained import attach_pruned_config
 
 IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {
     "group_l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
@@ -199,7 +201,9 @@ def prune_to_speedup(
         macs, layer_macs = _count_macs(model, example_inputs)
         steps += 1
     if attention:
-        _finish_attention(model, attention)
+        sync_head_counts(attention)
+    if isinstance(model, PreTrainedModel):  # a config that rebuilds the pruned widths: from_pretrained works
+        attach_pruned_config(model)
     if inplace:  # swap the pruned modules in only now: a failure above leaves the caller's model untouched
         original.__dict__.update(model.__dict__)
         original.__class__ = model.__class__
@@ -307,17 +311,6 @@ def _check_attention_forward(model: nn.Module, attention: list, example_inputs: 
     except Exception as e:  # e.g. an attention implementation that reshapes with a fixed head count
         a = attention[0]
         raise UnsupportedModuleError(a.path, a.module, f"its forward fails with a pruned number of heads ({e})") from e
-
-
-def _finish_attention(model: nn.Module, attention: list) -> None:
-    """Make head counts (and a 🤗 model's config) match the pruned projections."""
-    sync_head_counts(attention)
-    from transformers import PreTrainedModel
-
-    if isinstance(model, PreTrainedModel):
-        from .pretrained import attach_pruned_config
-
-        attach_pruned_config(model)
 
 
 def module_widths(model: nn.Module) -> dict[str, dict[str, int]]:
