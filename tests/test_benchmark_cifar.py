@@ -46,7 +46,7 @@ def test_presets_and_overrides(cifar_benchmark):
 def test_cpu_small_runs_end_to_end_and_resumes(cifar_benchmark, tmp_path):
     argv = TINY + ["--output_dir", str(tmp_path / "out"), "--results_dir", str(tmp_path / "results"),
                    "--meta_learning_rate", "1e-3", "1e-2", "--meta_sparsity_lambda", "3e-3",
-                   "--meta_sparsity_relative", "false", "true"]
+                   "--meta_sparsity_relative", "false", "true", "--meta_residual_scale", "0.1"]
     summary = cifar_benchmark.main(argv)
     prefix = tmp_path / "results" / "cifar_cpu-small"
     for suffix in (".json", ".md", "_accuracy.png", "_widths.png"):
