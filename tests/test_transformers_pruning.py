@@ -64,7 +64,7 @@ def masked_reference(original: nn.Module, pruned: nn.Module) -> nn.Module:
         out_proj[owner].weight.data *= mask.reshape(1, -1)
     widths = hm.pruning.module_widths(original)
     for name, m in reference.named_modules():  # MLP: first layer's kept rows, zero the second layer's columns
-        if isinstance(m, nn.Linear) and name in widths and name.endswith(("mlp.fc1", "intermediate.dense")):  # all
+        if isinstance(m, nn.Linear) and name in widths and name.endswith(("mlp.fc1", "intermediate.dense")):
             kept = kept_rows(m.weight, pruned.get_submodule(name).weight, 1)
             second = reference.get_submodule(name.replace("mlp.fc1", "mlp.fc2").replace(
                 "intermediate.dense", "output.dense").replace("attention.output", "output"))

@@ -23,9 +23,10 @@ from .objectives import ChannelGroups, sparsity_penalty
 
 def classifier_logits(model: nn.Module, inputs: dict[str, torch.Tensor],
                       params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """Logits of ``model`` on a batch (without labels): 🤗 models take the batch as keyword arguments and return
-    an output with ``.logits``; plain classifiers take the one input tensor. ``params`` swaps in other weights
-    (``torch.func.functional_call``), as meta-training does."""
+    """Logits of ``model`` on a batch (a ``labels`` entry is ignored): 🤗 models take the batch as keyword arguments
+    and return an output with ``.logits``; plain classifiers take the one input tensor. ``params`` swaps in other
+    weights (``torch.func.functional_call``), as meta-training does."""
+    inputs = {k: v for k, v in inputs.items() if k != "labels"}
     if isinstance(model, PreTrainedModel):
         args, kwargs = (), inputs
     else:
@@ -72,7 +73,7 @@ class ClassifierTrainer(Trainer):
         loss = outputs["loss"]
         if self.teacher is not None and model.training:
             with torch.no_grad():
-                teacher_logits = classifier_logits(self.teacher, {k: v for k, v in inputs.items() if k != "labels"})
+                teacher_logits = classifier_logits(self.teacher, inputs)
             t = self.distill_temperature
             kd = F.kl_div(F.log_softmax(outputs["logits"] / t, -1), F.log_softmax(teacher_logits / t, -1),
                           reduction="batchmean", log_target=True) * t * t
@@ -187,8 +188,7 @@ def evaluate_accuracy(model: nn.Module, data: ClassificationData,
     device, correct = _device_of(model), 0
     for i in range(0, len(dataset), batch_size):
         batch = collate([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])
-        labels = batch.pop("labels")
         logits = classifier_logits(model, {k: v.to(device) for k, v in batch.items()})
-        correct += int((logits.argmax(-1).cpu() == labels).sum())
+        correct += int((logits.argmax(-1).cpu() == batch["labels"]).sum())
     model.train(was_training)
     return correct / max(len(dataset), 1)

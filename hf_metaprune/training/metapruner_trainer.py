@@ -195,7 +195,7 @@ class MetaPrunerTrainer(Trainer):
         batches = self._task_batches(index)
         total = torch.zeros((), device=self.args.device)
         for batch in batches:
-            logits = classifier_logits(target.module, {k: v for k, v in batch.items() if k != "labels"}, state)
+            logits = classifier_logits(target.module, batch, state)
             ce = F.cross_entropy(logits, batch["labels"]) / len(batches)
             ce.backward()
             total += ce.detach()
@@ -264,9 +264,8 @@ class MetaPrunerTrainer(Trainer):
             for _ in range(args.probe_finetune_steps):
                 idx = torch.randint(len(self.data.train), (args.task_batch_size,), generator=g)
                 batch = collate([self.data.train[int(i)] for i in idx])
-                labels = batch.pop("labels").to(args.device)
-                loss = F.cross_entropy(classifier_logits(model, {k: v.to(args.device) for k, v in batch.items()}),
-                                       labels)
+                batch = {k: v.to(args.device) for k, v in batch.items()}
+                loss = F.cross_entropy(classifier_logits(model, batch), batch["labels"])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
