@@ -121,7 +121,7 @@ class _WithLSTM(nn.Module):
 
 
 @pytest.mark.parametrize("model,path,type_name", [
-    (nn.Sequential(nn.Conv2d(3, 8, 3), nn.PReLU(8), nn.Conv2d(8, 4, 1)), "1", "PReLU"),
+    (nn.Sequential(nn.Conv2d(3, 8, 3), nn.PReLU(), nn.Conv2d(8, 4, 1)), "1", "PReLU"),
     (nn.Sequential(nn.Conv2d(3, 8, 3), nn.ConvTranspose2d(8, 4, 2)), "1", "ConvTranspose2d"),
     (_WithLSTM(), "rnn", "LSTM"),
 ])

@@ -102,8 +102,20 @@ def test_prune_removes_whole_heads_and_matches_reference(make, x):
 
 
 def test_per_layer_head_counts_can_differ():
-    result = hm.prune_to_speedup(tiny_vit(), VIT_INPUT, 2.0)
-    assert len(set(result.model.config.pruned_attention_heads.values())) > 1
+    model = tiny_vit()
+    weak, strong = find_attention_modules(model)
+    with torch.no_grad():  # heads 1-3 of the first layer negligible, every head of the second layer strong
+        for p in weak.projections:
+            p.weight[weak.head_dim:] *= 1e-3
+            p.bias[weak.head_dim:] *= 1e-3
+        model.vit.layers[0].attention.o_proj.weight[:, weak.head_dim:] *= 1e-3
+        for p in strong.projections:
+            p.weight *= 10
+    result = hm.prune_to_speedup(model, VIT_INPUT, 1.3)
+    heads = result.model.config.pruned_attention_heads
+    assert heads[weak.path] == 1 and heads[strong.path] == 4
+    pruned_q = find_attention_modules(result.model)[0].projections[0].weight
+    assert torch.equal(pruned_q, weak.projections[0].weight[:weak.head_dim])  # the strong head survived
 
 
 @pytest.mark.parametrize("make, x, auto", [(tiny_vit, VIT_INPUT, AutoModelForImageClassification),

@@ -228,13 +228,22 @@ def _add_norm(b: _GraphBuilder, path: str, m: nn.Module):
     raise UnsupportedModuleError(path, m, f"unexpected per-channel tensors {sorted(tensors)}")
 
 
+def _add_prelu(b: _GraphBuilder, path: str, m: nn.PReLU):
+    if m.num_parameters == 1:
+        raise UnsupportedModuleError(path, m, "one slope shared by all channels is not a per-channel parameter; "
+                                              "use nn.PReLU(num_parameters=<channels>)")
+    _add_norm(b, path, m)
+
+
 _HANDLERS = (
+    (nn.PReLU, _add_prelu),
     (nn.modules.conv._ConvNd, _add_conv),
     (nn.Linear, _add_linear),
     (nn.Embedding, _add_embedding),
     (nn.modules.batchnorm._BatchNorm, _add_norm),
     (nn.LayerNorm, _add_norm),
     (nn.GroupNorm, _add_norm),
+    (nn.modules.instancenorm._InstanceNorm, _add_norm),
 )
 
 
@@ -319,6 +328,10 @@ def graph_to_model(graph: NetworkGraph, model: nn.Module) -> nn.Module:
     new = copy.deepcopy(model)
     tensors = graph.tensors()
     state = new.state_dict(keep_vars=True)
+    uncovered = sorted(set(state) - set(tensors))
+    if uncovered:
+        raise ValueError(f"graph does not cover the template model: {len(uncovered)} of its tensors are not in the "
+                         f"graph (e.g. {uncovered[:3]}); was the graph built from another architecture?")
     for name, t in tensors.items():
         if name not in state or tuple(state[name].shape) != tuple(t.shape):
             have = tuple(state[name].shape) if name in state else None

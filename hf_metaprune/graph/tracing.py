@@ -7,12 +7,16 @@ reading state_dict order or writing per-architecture converters.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch.nn.utils import parametrize
+
+from .errors import UnsupportedModuleError
 
 ROOT_MODULE_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -40,11 +44,104 @@ class ChannelSpaces:
         return torch.arange(start, start + size)
 
 
+class _InstanceNormPruner(tp.pruner.function.InstanceNormPruner):
+    """Torch-Pruning's InstanceNorm pruner, plus the running statistics it leaves at full width."""
+
+    def prune_out_channels(self, layer: nn.Module, idxs) -> nn.Module:
+        keep = sorted(set(range(layer.num_features)) - set(idxs))
+        super().prune_out_channels(layer, idxs)
+        for name in ("running_mean", "running_var"):
+            if getattr(layer, name, None) is not None:
+                setattr(layer, name, getattr(layer, name)[keep].clone())
+        return layer
+
+    prune_in_channels = prune_out_channels
+
+
+CUSTOMIZED_PRUNERS = {cls: _InstanceNormPruner() for cls in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)}
+
+
+def check_example_inputs(model: nn.Module, example_inputs: Any) -> None:
+    """Fail early, naming the argument, on example inputs that cannot be traced through ``model``.
+
+    Structure first (a tensor, a tuple of tensors, or a dict of keyword tensors; a non-empty batch; the
+    model's floating dtype), then one forward pass whose failure is reported with the inputs' shapes.
+    """
+    if example_inputs is None:
+        raise TypeError("example_inputs is None: expected a batch the model takes, e.g. torch.randn(1, 3, 224, 224), "
+                        "a tuple of tensors, or a dict of keyword tensors such as {'input_ids': ...}")
+    if isinstance(example_inputs, dict):
+        tensors = list(example_inputs.values())
+        params = inspect.signature(model.forward).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            unknown = sorted(set(example_inputs) - set(params))
+            if unknown:
+                raise ValueError(f"example_inputs has keys {unknown} that {type(model).__name__}.forward does not "
+                                 f"take (it takes {list(params)})")
+    elif isinstance(example_inputs, (tuple, list)):
+        tensors = list(example_inputs)
+    else:
+        tensors = [example_inputs]
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):
+            hint = " (convert it with torch.from_numpy)" if type(t).__module__ == "numpy" else ""
+            raise TypeError(f"example_inputs must be torch tensors, got {type(t).__name__}{hint}")
+    if not tensors:
+        raise ValueError("example_inputs is empty: expected at least one input tensor")
+    first = tensors[0]
+    if first.dim() == 0 or first.shape[0] == 0:
+        raise ValueError(f"example_inputs must hold a batch of at least one example, got shape {tuple(first.shape)}")
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    for t in tensors:
+        if t.is_floating_point() and dtype is not None and t.dtype != dtype:
+            raise TypeError(f"example_inputs have dtype {t.dtype} but the model's parameters are {dtype}: convert "
+                            f"one of them (e.g. inputs.to({dtype}) or model.to({t.dtype}))")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            call_model(model, example_inputs)
+    except Exception as e:
+        shapes = {k: (tuple(v.shape), str(v.dtype)) for k, v in example_inputs.items()} \
+            if isinstance(example_inputs, dict) else [(tuple(t.shape), str(t.dtype)) for t in tensors]
+        raise ValueError(f"example_inputs {shapes} do not run through {type(model).__name__}: "
+                         f"{type(e).__name__}: {e}") from e
+    finally:
+        model.train(was_training)
+
+
+def call_model(model: nn.Module, example_inputs: Any):
+    """``model(x)``, ``model(*inputs)`` or ``model(**inputs)``, as the inputs' type says."""
+    if isinstance(example_inputs, dict):
+        return model(**example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return model(*example_inputs)
+    return model(example_inputs)
+
+
+def check_supported_modules(model: nn.Module) -> None:
+    """Refuse, before any work starts, modules whose weights are recomputed from hidden tensors.
+
+    Weight and spectral norm rebuild ``weight`` from other tensors on every forward; pruning the visible weight
+    would be undone (or crash) on the next call. They have to be folded into the weight first.
+    """
+    for path, m in model.named_modules():
+        hooks = [type(h).__name__ for h in m._forward_pre_hooks.values()]
+        if parametrize.is_parametrized(m) or any(h in ("WeightNorm", "SpectralNorm") for h in hooks):
+            raise UnsupportedModuleError(path, m, "its weight is parametrized (weight norm, spectral norm or "
+                                                  "another parametrization); fold it into a plain weight first, "
+                                                  "e.g. torch.nn.utils.parametrize.remove_parametrizations(module, "
+                                                  "'weight') or torch.nn.utils.remove_weight_norm(module)")
+
+
 def build_dependency_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:
     """Trace ``model`` in eval mode (so tracing never updates BN statistics) and restore its mode.
 
     Torch-Pruning traces through autograd, so frozen parameters are unfrozen for the trace and refrozen after.
+    Example inputs and modules are checked first, so bad input gets an error naming it, not a trace failure.
     """
+    check_supported_modules(model)
+    check_example_inputs(model, example_inputs)
     was_training = model.training
     frozen = [p for p in model.parameters() if not p.requires_grad]
     model.eval()
@@ -52,7 +149,8 @@ def build_dependency_graph(model: nn.Module, example_inputs: Any) -> tp.Dependen
         for p in frozen:
             p.requires_grad_(True)
         with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs)
+            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
+                                                         customized_pruners=CUSTOMIZED_PRUNERS)
     finally:
         model.train(was_training)
         for p in frozen:
@@ -80,11 +178,18 @@ def trace_channel_spaces(model: nn.Module, example_inputs: Any, dg: tp.Dependenc
                 is_out = dg.is_out_channel_pruning_fn(item.dep.handler)
                 key, store = (module_names[target], "out" if is_out else "in"), spaces.dims
                 size = channel_dim_size(target, is_out)
+                if size == 1 < len(root.idxs) and isinstance(target, nn.PReLU):
+                    continue  # one slope shared by every channel: not a per-channel tensor
                 if not is_out:
                     spaces.consumed_sets.add(set_id)
             else:
                 continue  # parameter-free ops (add, relu, reshape, pooling) carry no weights
             mapping = store.setdefault(key, torch.full((size,), -1, dtype=torch.long))
+            if len(idxs) and int(idxs.max()) >= size:
+                raise UnsupportedModuleError(root_name, root.dep.target.module,
+                                             "Torch-Pruning's dependency graph maps its channels beyond the width of "
+                                             f"'{key if isinstance(key, str) else key[0]}' (a split or concatenation "
+                                             "of channel ranges it does not model)")
             mapping[idxs] = node_ids
             if _is_depthwise(target):  # Torch-Pruning merges a depthwise conv's input and output channels
                 spaces.dims[(key[0], "in")] = mapping

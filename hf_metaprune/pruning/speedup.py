@@ -8,6 +8,8 @@ default, the DepGraph criterion) and removes the least important ones. Step size
 from __future__ import annotations
 
 import copy
+import logging
+import math
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -16,13 +18,16 @@ from typing import Any, Callable
 import torch
 import torch_pruning as tp
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from transformers import PreTrainedModel
 
 from ..graph.attention import find_attention_modules, sync_head_counts
 from ..graph.errors import UnsupportedModuleError
-from ..graph.tracing import ROOT_MODULE_TYPES, build_dependency_graph, channel_dim_size
+from ..graph.tracing import (ROOT_MODULE_TYPES, build_dependency_graph, call_model, channel_dim_size,
+                             check_supported_modules)
 from .pretrained import attach_pruned_config
+
+logger = logging.getLogger(__name__)
 
 IMPORTANCES: dict[str, Callable[[], tp.importance.Importance]] = {
     "group_l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
@@ -42,15 +47,17 @@ class PruneResult:
     params_after: int
     steps: int = 0
     widths: dict[str, dict[str, int]] = field(default_factory=dict)
+    note: str = ""  # set when the result lands outside the requested tolerance, saying why
 
     @property
     def speed_up(self) -> float:
         return self.macs_before / self.macs_after
 
     def __repr__(self) -> str:
+        note = f", note={self.note!r}" if self.note else ""
         return (f"PruneResult(speed_up={self.speed_up:.3f}, macs {self.macs_before / 1e6:.2f}M -> "
                 f"{self.macs_after / 1e6:.2f}M, params {self.params_before / 1e6:.3f}M -> "
-                f"{self.params_after / 1e6:.3f}M, steps={self.steps})")
+                f"{self.params_after / 1e6:.3f}M, steps={self.steps}{note})")
 
 
 def count_macs_and_params(model: nn.Module, example_inputs: Any) -> tuple[float, int]:
@@ -59,13 +66,18 @@ def count_macs_and_params(model: nn.Module, example_inputs: Any) -> tuple[float,
     return macs, sum(p.numel() for p in model.parameters())
 
 
+# PyTorch counts fused attention only for its GPU kernels; the CPU kernel costs the same two matrix products.
+_ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
+                    lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)}
+
+
 def _count_macs(model: nn.Module, example_inputs: Any) -> tuple[float, dict[nn.Module, float]]:
-    """Total and per-module MACs, counted by PyTorch's ``FlopCounterMode`` (no model copy, FLOPs / 2)."""
+    """Total and per-module MACs (inclusive of submodules), counted by PyTorch's ``FlopCounterMode`` (FLOPs / 2)."""
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            _call(model, example_inputs)
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_ATTENTION_FLOPS) as counter:
+            call_model(model, example_inputs)
     finally:
         model.train(was_training)
     by_name = {name.split(".", 1)[1]: sum(ops.values()) / 2 for name, ops in counter.get_flop_counts().items()
@@ -89,22 +101,14 @@ def measure_latency(models: dict[str, nn.Module], example_inputs: Any, runs: int
     for m in models.values():
         m.eval()
         for _ in range(warmup):  # allocator, oneDNN kernel selection
-            _call(m, example_inputs)
+            call_model(m, example_inputs)
     times: dict[str, list[float]] = {k: [] for k in models}
     for _ in range(runs):
         for k, m in models.items():
             start = time.perf_counter()
-            _call(m, example_inputs)
+            call_model(m, example_inputs)
             times[k].append(time.perf_counter() - start)
     return {k: statistics.median(v) for k, v in times.items()}
-
-
-def _call(model: nn.Module, example_inputs: Any):
-    if isinstance(example_inputs, dict):
-        return model(**example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return model(*example_inputs)
-    return model(example_inputs)
 
 
 def _resolve_importance(importance) -> tp.importance.Importance:
@@ -115,7 +119,37 @@ def _resolve_importance(importance) -> tp.importance.Importance:
             raise ValueError(f"unknown importance '{importance}'; choose one of {sorted(IMPORTANCES)} "
                              "or pass a torch_pruning.importance.Importance")
         return IMPORTANCES[importance]()
+    if not isinstance(importance, tp.importance.Importance):
+        raise TypeError(f"importance must be one of {sorted(IMPORTANCES)} or a torch_pruning.importance.Importance, "
+                        f"got {importance!r} ({type(importance).__name__})")
     return importance
+
+
+def _check_number(name: str, value: Any, low: float, high: float = math.inf, low_inclusive: bool = True) -> float:
+    """``value`` as a float in the range, or an error naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if math.isnan(value) or value > high or value < low or (value == low and not low_inclusive):
+        interval = f"{'[' if low_inclusive else '('}{low}, {high}]"
+        raise ValueError(f"{name} must be in {interval}, got {value}")
+    return value
+
+
+def _expand_ignored(model: nn.Module, ignored_layers) -> set[str]:
+    """Names of the ignored modules and of everything inside them (a container ignores its layers), as
+    Torch-Pruning does; a single module is accepted as well as a list."""
+    if ignored_layers is None:
+        return set()
+    if isinstance(ignored_layers, nn.Module):
+        ignored_layers = [ignored_layers]
+    names = {m: n for n, m in model.named_modules()}
+    out = set()
+    for layer in ignored_layers:
+        if not isinstance(layer, nn.Module) or layer not in names:
+            raise ValueError(f"ignored_layers must hold submodules of the model, got {type(layer).__name__}")
+        out.update(names[m] for m in layer.modules() if m in names)
+    return out
 
 
 @dataclass
@@ -155,48 +189,63 @@ def prune_to_speedup(
     channels by the same normalised group criterion; a pruned 🤗 ``PreTrainedModel`` gets a config that rebuilds it
     (``save_pretrained`` / ``from_pretrained``).
     """
-    if not speed_up > 1:
-        raise ValueError(f"speed_up must be > 1 (MACs before / MACs after), got {speed_up}")
-    if not 0 < max_pruning_ratio < 1:
-        raise ValueError(f"max_pruning_ratio must be in (0, 1), got {max_pruning_ratio}")
+    speed_up = _check_number("speed_up", speed_up, 1.0, low_inclusive=False)
+    tolerance = _check_number("tolerance", tolerance, 0.0)
+    max_pruning_ratio = _check_number("max_pruning_ratio", max_pruning_ratio, 0.0, 1.0, low_inclusive=False)
+    if max_pruning_ratio == 1.0:
+        raise ValueError("max_pruning_ratio must be below 1: a layer always keeps at least one channel")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
     importance = _resolve_importance(importance)
-    names = {m: n for n, m in model.named_modules()}
-    ignored_names = [names[m] for m in ignored_layers or [] if m in names]
-    if len(ignored_names) != len(ignored_layers or []):
-        raise ValueError("ignored_layers must be submodules of model")
+    ignored_names = _expand_ignored(model, ignored_layers)
+    check_supported_modules(model)  # before the copy: old-style weight norm cannot even be deep-copied
     original, model = model, copy.deepcopy(model)  # pruned on a copy: a failure leaves the input untouched
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    ties = _tied_parameters(model)
     attention = find_attention_modules(model)  # raises for attention that cannot be head-pruned
     head_dims = {p: a.head_dim for a in attention for p in a.projections}
     prune_hidden = not attention if prune_hidden is None else prune_hidden
+    dg = build_dependency_graph(model, example_inputs)  # checks the example inputs first
     macs0, params0 = count_macs_and_params(model, example_inputs)
     target, floor = macs0 / speed_up, macs0 / (speed_up * (1 + tolerance))
-    dg = build_dependency_graph(model, example_inputs)
     ignored = {model.get_submodule(n) for n in ignored_names}
+    tied = {model.get_submodule(n.rpartition(".")[0]) for names in ties for n in names}  # never pruned: keeps ties
     initial: dict[int, int] = {}
-    steps = 0
+    steps, note = 0, ""
     macs, layer_macs = _count_macs(model, example_inputs)
     while macs > target:
         if steps >= max_steps:
             raise RuntimeError(f"did not reach {speed_up}x in {max_steps} steps (at {macs0 / macs:.3f}x)")
-        groups = _prunable_groups(dg, ignored, prune_hidden)
+        groups, excluded = _prunable_groups(dg, ignored, prune_hidden, tied)
+        head_costs = _attention_macs_per_head(attention, layer_macs)
         candidates = []
         for gi, group in enumerate(groups):
             candidates += _group_candidates(dg, group, gi, importance, layer_macs, initial, max_pruning_ratio,
-                                            head_dims)
+                                            head_dims, head_costs)
+        if not candidates:
+            raise ValueError(_unreachable_message(speed_up, macs0 / macs, max_pruning_ratio, excluded, attention))
         chosen = _choose(candidates, need=macs - target, room=macs - floor)
-        if not chosen:
-            reason = "no prunable channels are left" if not candidates else \
-                "every remaining channel would overshoot the tolerance"
-            raise ValueError(f"cannot reach a speed-up of {speed_up}x: stopped at {macs0 / macs:.3f}x because "
-                             f"{reason} (max_pruning_ratio={max_pruning_ratio})")
+        if not chosen:  # every unit left overshoots the tolerance: take the one landing closest above the target
+            chosen = [min(candidates, key=lambda c: (c.cost, c.score))]
+            note = (f"no unit left would land within tolerance={tolerance}; removed the one landing closest above "
+                    f"the {speed_up}x target (a {'head' if chosen[0].unit > 1 else 'channel'})")
         for gi, units in _by_group(chosen).items():
             group, n_ch = groups[gi], _channel_groups(groups[gi])
             size = len(group[0].idxs) // n_ch
             idxs = sorted(c + g * size for u, unit in units for c in range(u * unit, (u + 1) * unit)
                           for g in range(n_ch))
-            dg.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs).prune()
+            try:
+                dg.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs).prune()
+            except (IndexError, RuntimeError) as e:
+                raise _untraceable(dg, group, e) from e
         macs, layer_macs = _count_pruned_macs(model, attention, example_inputs)
         steps += 1
+    if note:
+        note += f"; reached {macs0 / macs:.3f}x"
+        logger.warning("prune_to_speedup: %s", note)
+    _check_no_empty_layers(model)
+    for n, p in model.named_parameters():  # Torch-Pruning creates new (trainable) Parameters for pruned tensors
+        p.requires_grad_(n not in frozen)
     if attention:
         sync_head_counts(attention)
     if isinstance(model, PreTrainedModel):  # a config that rebuilds the pruned widths: from_pretrained works
@@ -206,14 +255,68 @@ def prune_to_speedup(
         original.__class__ = model.__class__
         model = original
     params_after = sum(p.numel() for p in model.parameters())  # MACs were counted at the end of the last step
-    return PruneResult(model, macs0, macs, params0, params_after, steps, module_widths(model))
+    return PruneResult(model, macs0, macs, params0, params_after, steps, module_widths(model), note)
 
 
-def _prunable_groups(dg: tp.DependencyGraph, ignored: set[nn.Module], prune_hidden: bool = True) -> list:
+def _tied_parameters(model: nn.Module) -> list[list[str]]:
+    """Names sharing one Parameter object (e.g. tied input/output embeddings)."""
+    by_id: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(name)
+    return [names for names in by_id.values() if len(names) > 1]
+
+
+def _attention_macs_per_head(attention: list, layer_macs: dict[nn.Module, float]) -> dict[nn.Module, float]:
+    """Per attention module, the MACs of q·kᵀ and attention·v (its own, outside its projections) per head.
+
+    Removing a head removes its share of those too; counting only the projections makes heads look cheaper
+    than they are and the last pruning step overshoot.
+    """
+    out = {}
+    for a in attention:
+        own = layer_macs.get(a.module, 0.0) - sum(layer_macs.get(c, 0.0) for c in a.module.children())
+        for p in a.projections:
+            out[p] = max(own, 0.0) / max(a.num_heads, 1)
+    return out
+
+
+def _unreachable_message(speed_up: float, reached: float, max_ratio: float, excluded: dict[str, int],
+                         attention: list) -> str:
+    """Why no unit is left to prune, and which setting would allow more."""
+    limits = [f"every prunable group is down to its floor (max_pruning_ratio={max_ratio} keeps "
+              f"{1 - max_ratio:.0%} of each group's channels, heads and neurons, and at least one)"]
+    hints = ["raise max_pruning_ratio"] if max_ratio < 0.99 else []
+    if excluded.get("hidden"):
+        limits.append(f"{excluded['hidden']} group(s) of the residual stream are not pruned (prune_hidden=False)")
+        hints.append("pass prune_hidden=True")
+    if excluded.get("ignored"):
+        limits.append(f"{excluded['ignored']} group(s) are kept whole by ignored_layers")
+        hints.append("ignore fewer layers")
+    if excluded.get("tied"):
+        limits.append(f"{excluded['tied']} group(s) touch tied weights, which are never pruned")
+    if attention:
+        limits.append("attention layers keep at least one head each")
+    hint = f"; to go further: {', '.join(hints)}" if hints else ""
+    return (f"cannot reach a speed-up of {speed_up}x: stopped at {reached:.3f}x, the most these settings allow, "
+            f"because {'; '.join(limits)}{hint}")
+
+
+def _check_no_empty_layers(model: nn.Module) -> None:
+    for name, m in model.named_modules():
+        for attr in ("in_channels", "out_channels", "in_features", "out_features", "num_features"):
+            if getattr(m, attr, 1) == 0:
+                raise RuntimeError(f"internal error: pruning left '{name}' ({type(m).__name__}) with {attr}=0; "
+                                   "please report this model")
+
+
+def _prunable_groups(dg: tp.DependencyGraph, ignored: set[nn.Module], prune_hidden: bool = True,
+                     tied: set[nn.Module] = frozenset()) -> tuple[list, dict[str, int]]:
     """Groups whose channels feed another layer: a model's outputs (e.g. class logits) are never pruned.
 
     Without ``prune_hidden`` (transformers) only heads and MLP neurons are pruned: a group touching a LayerNorm
-    (the residual stream) or feeding the output layer (e.g. BERT's pooler) is left alone.
+    (the residual stream) or feeding the output layer (e.g. BERT's pooler) is left alone. Groups touching a
+    module with tied weights are left alone too (pruning one side would untie them). Also returns how many
+    groups each of these rules kept whole, for error messages.
     """
     is_out = dg.is_out_channel_pruning_fn
     candidates, output_layers = [], set()
@@ -223,28 +326,35 @@ def _prunable_groups(dg: tp.DependencyGraph, ignored: set[nn.Module], prune_hidd
             candidates.append((group, consumers))
         else:
             output_layers.update(item.dep.target.module for item in group if is_out(item.dep.handler))
-    groups = []
+    groups, excluded = [], {"ignored": 0, "hidden": 0, "tied": 0}
     for group, consumers in candidates:
         if any(item.dep.target.module in ignored and is_out(item.dep.handler) for item in group):
-            continue
-        if not prune_hidden and (any(isinstance(item.dep.target.module, nn.LayerNorm) for item in group)
-                                 or any(m in output_layers for m in consumers)):
-            continue
-        groups.append(group)
-    return groups
+            excluded["ignored"] += 1
+        elif any(item.dep.target.module in tied for item in group):
+            excluded["tied"] += 1
+        elif not prune_hidden and (any(isinstance(item.dep.target.module, nn.LayerNorm) for item in group)
+                                   or any(m in output_layers for m in consumers)):
+            excluded["hidden"] += 1
+        else:
+            groups.append(group)
+    return groups, excluded
 
 
 def _channel_groups(group) -> int:
-    """Grouped (non-depthwise) convs force pruning the same local channel in every conv group."""
+    """Grouped (non-depthwise) convs and GroupNorm force pruning the same local channel in every group, so
+    each group keeps the same width (a GroupNorm's groups then still hold the channels they held before)."""
     n = 1
     for item in group:
         m = item.dep.target.module
         if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups < m.out_channels:
-            n = max(n, m.groups)
+            n = math.lcm(n, m.groups)
+        elif isinstance(m, nn.GroupNorm) and m.num_groups > 1:
+            n = math.lcm(n, m.num_groups)
     return n
 
 
-def _group_candidates(dg, group, gi, importance, layer_macs, initial, max_ratio, head_dims) -> list[_Candidate]:
+def _group_candidates(dg, group, gi, importance, layer_macs, initial, max_ratio, head_dims,
+                      head_costs) -> list[_Candidate]:
     n_ch = _channel_groups(group)
     # an attention group (q/k/v outputs + output projection inputs) is pruned in whole heads
     unit = _head_size(dg, group, head_dims)
@@ -256,7 +366,10 @@ def _group_candidates(dg, group, gi, importance, layer_macs, initial, max_ratio,
     prunable = size - keep_at_least
     if prunable <= 0:
         return []
-    imp = importance(group)
+    try:
+        imp = importance(group)
+    except (IndexError, RuntimeError) as e:  # Torch-Pruning mapped the group's channels inconsistently
+        raise _untraceable(dg, group, e) from e
     if imp is None:
         return []
     imp = imp.detach().float().cpu().view(n_ch, size, unit).mean((0, 2))
@@ -270,8 +383,36 @@ def _group_candidates(dg, group, gi, importance, layer_macs, initial, max_ratio,
         dim = channel_dim_size(m, dg.is_out_channel_pruning_fn(item.dep.handler))
         if dim:
             cost += layer_macs[m] * (len(item.idxs) / dim) / size
-    order = torch.argsort(imp)[:prunable]
-    return [_Candidate(float(imp[i]), gi, int(i), cost, unit) for i in order]
+    if unit > 1:  # q·kᵀ and attention·v of one head
+        cost += next((head_costs[it.dep.target.module] for it in group if it.dep.target.module in head_costs), 0.0)
+    protected = _last_channel_of_each_part(group, imp, size, unit)
+    order = [i for i in torch.argsort(imp).tolist() if i not in protected][:prunable]
+    return [_Candidate(float(imp[i]), gi, i, cost, unit) for i in order]
+
+
+def _last_channel_of_each_part(group, imp: torch.Tensor, size: int, unit: int) -> set[int]:
+    """Units that must stay so that no layer loses all its channels.
+
+    A group can span layers that each hold only part of its channels (the inputs of a concatenation, e.g.
+    GhostNet's primary and cheap convs): pruning the group's weakest channels could empty one of them. The
+    strongest unit of every such part is kept.
+    """
+    total = len(group[0].idxs)
+    protected = set()
+    for item in group:
+        roots = item.root_idxs
+        if not roots or len(set(roots)) >= total or any(r is None for r in roots):
+            continue
+        part = sorted({(r % (size * unit)) // unit for r in roots})
+        protected.add(max(part, key=lambda u: float(imp[u])))
+    return protected
+
+
+def _untraceable(dg: tp.DependencyGraph, group, error: Exception) -> UnsupportedModuleError:
+    root = group[0].dep.target.module
+    name = next((n for n, m in dg.model.named_modules() if m is root), str(group[0].dep.target.name))
+    return UnsupportedModuleError(name, root, "Torch-Pruning's dependency graph cannot follow its channels (e.g. a "
+                                              f"split or concatenation of channel ranges it does not model): {error}")
 
 
 def _head_size(dg: tp.DependencyGraph, group, head_dims: dict[nn.Module, int]) -> int:

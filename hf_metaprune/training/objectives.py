@@ -52,7 +52,7 @@ class ChannelGroups:
         attention = find_attention_modules(model)
         head_dims = {p: a.head_dim for a in attention for p in a.projections}
         slices, group_of_unit, offset = [], [], 0
-        for gi, group in enumerate(_prunable_groups(dg, ignored=set(), prune_hidden=not attention)):
+        for gi, group in enumerate(_prunable_groups(dg, ignored=set(), prune_hidden=not attention)[0]):
             head = _head_size(dg, group, head_dims)
             size = len(group[0].idxs) // _channel_groups(group)
             for item in group:

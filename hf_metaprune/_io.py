@@ -1,0 +1,107 @@
+"""Atomic saves: nothing the library writes can leave a half-written or mixed checkpoint behind.
+
+Every save writes its files beside their final names first and renames them only once all of them were written,
+so an exception (bad metadata, a full disk, Ctrl-C) leaves the earlier checkpoint loadable bit for bit.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from typing import Iterator
+
+
+@contextmanager
+def atomic_files(directory: str | os.PathLike, names: list[str]) -> Iterator[dict[str, str]]:
+    """Yield ``{name: temporary path}`` inside ``directory``; on success rename each onto ``directory/name``.
+
+    On any exception the temporary files are removed and the existing files are left as they were.
+    """
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    tmp = {n: os.path.join(directory, f".{n}.{os.getpid()}.tmp") for n in names}
+    try:
+        yield tmp
+        for n, path in tmp.items():
+            if not os.path.exists(path):
+                raise RuntimeError(f"internal error: '{n}' was not written")
+        for n, path in tmp.items():
+            os.replace(path, os.path.join(directory, n))
+    finally:
+        for path in tmp.values():
+            if os.path.exists(path):
+                os.remove(path)
+
+
+@contextmanager
+def atomic_directory(directory: str | os.PathLike) -> Iterator[str]:
+    """Yield an empty temporary folder beside ``directory``; on success it replaces ``directory`` whole.
+
+    For writers that produce a whole folder (``datasets.save_to_disk``, ``save_pretrained``): the old folder is
+    moved aside only after the new one is complete, and removed only after the swap.
+    """
+    directory = os.path.abspath(os.fspath(directory))
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.", suffix=".tmp", dir=parent)
+    try:
+        yield tmp
+        old = None
+        if os.path.exists(directory):
+            old = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.", suffix=".old", dir=parent)
+            os.rmdir(old)
+            os.replace(directory, old)
+        os.replace(tmp, directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def atomic_update(directory: str | os.PathLike) -> Iterator[str]:
+    """Yield an empty temporary folder inside ``directory``; on success move every file written there into
+    ``directory`` (replacing files of the same name, leaving all other files alone).
+
+    For writers that produce several files into a folder that may also hold other things (``save_pretrained`` next
+    to a tokenizer, a Trainer's output_dir): nothing in ``directory`` changes until all new files are complete.
+    Subfolders are moved as a whole (an existing subfolder of the same name is swapped with
+    :func:`atomic_directory`'s move-aside-then-remove).
+    """
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".staged.", suffix=".tmp", dir=directory)
+    try:
+        yield tmp
+        for name in sorted(os.listdir(tmp)):
+            src, dst = os.path.join(tmp, name), os.path.join(directory, name)
+            if os.path.isdir(src) and os.path.isdir(dst):
+                old = tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=directory)
+                os.rmdir(old)
+                os.replace(dst, old)
+                os.replace(src, dst)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(src, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+LOADING_PROBLEMS = ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")
+
+
+def check_loading_info(info: dict, what: str, source: object = None) -> None:
+    """Refuse a ``from_pretrained(..., output_loading_info=True)`` result whose weights did not all fit.
+
+    transformers re-initialises missing (and, with ``ignore_mismatched_sizes``, mismatched) weights and drops
+    unexpected ones with only a warning; for hf_metaprune's models that is a silently different model. Tied
+    weights are not reported as missing by transformers (they are re-tied), so they pass.
+    Raises ``ValueError`` naming ``what`` (the class), ``source`` (the checkpoint) and up to 5 keys per problem.
+    """
+    problems = {k: sorted(map(str, info[k]))[:5] for k in LOADING_PROBLEMS if info.get(k)}
+    if problems:
+        detail = "; ".join(f"{k.replace('_', ' ')} ({len(info[k])}): {v}" for k, v in problems.items())
+        where = f" in {source}" if source is not None else ""
+        raise ValueError(f"the checkpoint{where} does not match the {what} its config describes (missing, unexpected "
+                         f"or wrongly shaped weights would be re-initialised or dropped): {detail}")
