@@ -405,7 +405,8 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {"preset": args.preset, "table": table, "base": base_summary, "rows": rows, "runs": runs,
                "base_runs": base_rows, "metanetwork_candidates": candidates, "selected_candidate": best,
                "stage_seconds": stage_seconds, "torch_threads": torch.get_num_threads(),
-               "device": "cuda" if not cpu else "cpu", "arguments": asdict(args)}
+               "device": "cuda" if not cpu else "cpu", "arguments": asdict(args),
+               "versions": hm.library_versions()}
     os.makedirs(args.results_dir, exist_ok=True)
     prefix = os.path.join(args.results_dir, f"cifar_{args.preset}")
     summary["plots"] = plot(summary, widths, max(args.speed_ups), prefix)

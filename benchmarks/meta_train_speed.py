@@ -285,7 +285,7 @@ def main():
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({
-            "device": "cpu", "threads": args.threads, "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "device": "cpu", "threads": args.threads, "cpu_count": os.cpu_count(), "versions": hm.library_versions(),
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
             "note": " ".join(filter(None, ["CPU only, no GPU; medians of interleaved repetitions; per-batch cost "
                                            "for K batches = K x P (each batch is identical work).", args.note])),

@@ -94,7 +94,7 @@ def main():
         print("| " + " | ".join(str(r[c]) for c in cols) + " |")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump({"device": "cpu", "threads": args.threads, "torch": torch.__version__, "batch": args.batch,
+        json.dump({"device": "cpu", "threads": args.threads, "versions": hm.library_versions(), "batch": args.batch,
                    "rows": rows}, f, indent=2)
     print(f"wrote {args.out}")
 

@@ -77,9 +77,12 @@ def main() -> None:
     for r in rows:
         print(f"| {r['model']} | {r['params'] / 1e6:.1f}M | {r['nodes']:,} | {r['edges']:,} | {r['graph_seconds']:.1f} "
               f"| {r['metanetwork_forward_seconds']:.1f} | {r['graph_to_model_seconds']:.1f} | {r['peak_rss_gib']:.2f} |")
+    from hf_metaprune import library_versions  # after the workers: the parent's own memory is not measured
+
     os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
     with open(args.output, "w") as f:
-        json.dump({"rows": rows, "hidden_size": args.hidden_size, "num_layers": args.num_layers}, f, indent=2)
+        json.dump({"rows": rows, "hidden_size": args.hidden_size, "num_layers": args.num_layers,
+                   "versions": library_versions()}, f, indent=2)
 
 
 if __name__ == "__main__":

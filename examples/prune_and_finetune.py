@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         "val_accuracy": result.val_accuracy, "macs_before": prune.macs_before, "macs_after": prune.macs_after,
         "params_before": prune.params_before, "params_after": prune.params_after,
         "stage_seconds": result.stage_seconds, "stage_val_accuracy": result.stage_val_accuracy,
-        "arguments": {**asdict(args), **asdict(data_args)}}
+        "arguments": {**asdict(args), **asdict(data_args)}, "versions": hm.library_versions()}
     if data_args.eval_test:
         summary["original_test_accuracy"] = evaluate_accuracy(model, data, split="test")
         summary["test_accuracy"] = evaluate_accuracy(result.model, data, split="test")

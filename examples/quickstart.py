@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> dict:
         stage_seconds["total"] = time.time() - start
         table = markdown_table(rows)
         summary = {"table": table, "rows": rows, "stage_seconds": stage_seconds, "metanetwork": metapruner_dir,
-                   "torch_threads": torch.get_num_threads(), "arguments": asdict(args)}
+                   "torch_threads": torch.get_num_threads(), "arguments": asdict(args),
+                   "versions": hm.library_versions()}
         with open(os.path.join(args.output_dir, "quickstart.json"), "w") as f:
             json.dump(summary, f, indent=2)
         print(f"\nHeld-out {args.architecture} pruned to {args.speed_up}x MACs, {args.finetune_epochs} finetuning "

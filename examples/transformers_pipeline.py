@@ -128,7 +128,8 @@ def run(args: PipelineArguments, data, config, auto_class, what: str) -> dict:
         reloaded = auto_class.from_pretrained(final)
         seconds["total"] = time.time() - start
         summary = {"rows": [base] + rows, "seconds": seconds, "reloaded_from": final,
-                   "reloaded_val_accuracy": evaluate_accuracy(reloaded, data), "arguments": asdict(args)}
+                   "reloaded_val_accuracy": evaluate_accuracy(reloaded, data), "arguments": asdict(args),
+                   "versions": hm.library_versions()}
         with open(os.path.join(args.output_dir, "results.json"), "w") as f:
             json.dump(summary, f, indent=2)
         print("\n| method | val acc | test acc | MACs speed-up | params | CPU latency (ms, batch 16) |\n"

@@ -5,6 +5,7 @@ from .graph import NetworkGraph, UnsupportedModuleError, graph_to_model, model_t
 from .modeling_metapruner import MetaPrunerModel
 from .pruning import PruneResult, count_macs_and_params, load_pruned, prune_to_speedup, save_pruned
 from .data import load_image_classification, load_text_classification
+from .env import library_versions
 from .training import (DataModelZoo, MetaPrunerTrainer, MetaPrunerTrainingArguments, finetune,
                        prune_and_finetune, train_zoo)
 
@@ -22,6 +23,7 @@ __all__ = [
     "count_macs_and_params",
     "finetune",
     "graph_to_model",
+    "library_versions",
     "load_image_classification",
     "load_text_classification",
     "load_pruned",

@@ -6,15 +6,26 @@ would cost more CPU than training a CIFAR ResNet-20 on two cores. Texts are toke
 tokenizer, or a WordPiece vocabulary trained on the training split when none is reachable offline) and padded
 per batch. Both kinds expose the same interface (splits, ``collator``, ``example_inputs``, ``num_classes``), so
 finetuning, meta-training and the pruning pipeline take either.
+
+Bad input fails at load time with an error naming the file, split, column and row and what was expected: files
+named after no split, missing shards, empty or unreadable parquet files, missing / non-integer / out-of-range labels,
+test classes never seen in training, undecodable or missing images and texts. Labels are checked with Arrow and
+numpy over whole columns; only a failing batch of images is decoded again row by row, to find the bad row.
 """
 from __future__ import annotations
 
 import glob
+import numbers
 import os
+import re
 from dataclasses import dataclass
+from typing import NoReturn
 
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
@@ -51,6 +62,7 @@ class ImageClassificationData:
     num_classes: int
     mean: tuple[float, ...] = CIFAR10_MEAN
     std: tuple[float, ...] = CIFAR10_STD
+    class_names: tuple[str, ...] | None = None  # id -> name, from a ClassLabel feature or sorted string labels
 
     @property
     def image_size(self) -> int:
@@ -108,56 +120,270 @@ def load_image_classification(
 
     The validation split is ``val_size`` examples (or a fraction) drawn from train with a seeded permutation;
     the test split is only ever used for final numbers. ``max_*_samples`` take the first rows before decoding.
+    Encoded images are converted to as many channels as ``mean`` has values (1: grayscale, 3: RGB — RGBA, palette
+    and grayscale images included, alpha dropped —, 4: RGBA), so the channel count always matches the
+    normalisation. Labels are checked as described in :func:`_labels`.
     """
-    raw = _load_raw(source)
-    if "train" not in raw:
-        raise ValueError(f"dataset '{source}' has no 'train' split (found {list(raw)})")
-    image_column = image_column or _pick_column(raw["train"], IMAGE_COLUMNS, "image", source)
-    label_column = label_column or _pick_column(raw["train"], LABEL_COLUMNS, "label", source)
-    train = raw["train"]
-    if max_train_samples is not None:
-        train = train.select(range(min(max_train_samples, len(train))))
-    images, labels = _decode(train, image_column, label_column)
+    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    if not mean or len(mean) != len(std) or min(std) <= 0:
+        raise ValueError(f"mean={mean} and std={std} must give one value per image channel, std all positive")
+    splits = _load_splits(source, val_size, max_train_samples, max_test_samples, ("image", IMAGE_COLUMNS),
+                          image_column, LABEL_COLUMNS, label_column)
+    images = _decode_images(splits.train, splits.input_column, len(mean))
+    labels = splits.labels["train"]
     train_idx, val_idx = _carve_validation(len(labels), val_size, seed)
     test = None
-    if "test" in raw:
-        test_split = raw["test"]
-        if max_test_samples is not None:
-            test_split = test_split.select(range(min(max_test_samples, len(test_split))))
-        test = TensorImageDataset(*_decode(test_split, image_column, label_column))
-    num_classes = _num_classes(raw["train"], label_column, labels)
+    if splits.test is not None:
+        test = TensorImageDataset(_decode_images(splits.test, splits.input_column, len(mean)), splits.labels["test"])
     return ImageClassificationData(
         TensorImageDataset(images[train_idx], labels[train_idx]),
         TensorImageDataset(images[val_idx], labels[val_idx]),
-        test, num_classes, tuple(mean), tuple(std))
+        test, splits.num_classes, mean, std, splits.class_names)
 
 
 def _carve_validation(n: int, val_size: int | float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the training and validation examples: a seeded permutation of the training split."""
-    n_val = int(round(val_size * n)) if isinstance(val_size, float) else int(val_size)
+    n_val = int(val_size) if isinstance(val_size, numbers.Integral) else int(round(val_size * n))
     if not 0 < n_val < n:
         raise ValueError(f"val_size={val_size} leaves no training or no validation examples ({n} training rows)")
     order = torch.from_numpy(np.random.default_rng(seed).permutation(n))
     return order[n_val:], order[:n_val]
 
 
-def _num_classes(split: datasets.Dataset, label_column: str, labels: torch.Tensor) -> int:
-    feature = split.features.get(label_column)
-    return feature.num_classes if isinstance(feature, datasets.ClassLabel) else int(labels.max()) + 1
+def _check_arguments(val_size: int | float, max_train_samples: int | None, max_test_samples: int | None) -> None:
+    """Refuse sizes that would silently give an empty or surprising split, before any data is read."""
+    if isinstance(val_size, bool) or not isinstance(val_size, numbers.Real):
+        raise TypeError(f"val_size must be an int (a number of rows) or a float in (0, 1) (a fraction), "
+                        f"got {val_size!r}")
+    if not isinstance(val_size, numbers.Integral) and not 0 < val_size < 1:
+        raise ValueError(f"val_size={val_size}: a float val_size is a fraction of the training rows, in (0, 1); "
+                         "pass an int for a number of rows")
+    for name, value in (("max_train_samples", max_train_samples), ("max_test_samples", max_test_samples)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be a positive int or None (all rows), got {value!r}")
+        if value < 1:
+            raise ValueError(f"{name}={value}: must be a positive int, or None for all rows")
 
 
-def _load_raw(source: str) -> datasets.DatasetDict:
+@dataclass
+class _Split:
+    """A loaded split and what an error message needs to point at one of its rows: its name and its files."""
+
+    name: str
+    data: datasets.Dataset
+    files: list[tuple[str, int]]  # (parquet file, rows) in row order; empty for a Hub dataset
+
+    def where(self, column: str, row: int) -> str:
+        """'train split, column 'label', row 7 (row 2 of .../train-00001-of-00002.parquet)'."""
+        at = f"{self.name} split, column '{column}', row {row}"
+        offset = row
+        for path, rows in self.files:
+            if offset < rows:
+                return f"{at} (row {offset} of {path})"
+            offset -= rows
+        return at
+
+    def column(self, column: str) -> pa.ChunkedArray:
+        """The raw Arrow column (no decoding): cheap, vectorised checks on every row."""
+        return self.data.select_columns([column]).with_format("arrow")[:].column(column)
+
+    def head(self, n: int | None) -> "_Split":
+        return self if n is None or n >= len(self.data) else _Split(self.name, self.data.select(range(n)), self.files)
+
+
+@dataclass
+class _Splits:
+    """Train and test (first ``max_*_samples`` rows), their checked labels and the label space train defines."""
+
+    train: _Split
+    test: _Split | None
+    input_column: str
+    labels: dict[str, torch.Tensor]
+    num_classes: int
+    class_names: tuple[str, ...] | None
+
+
+def _load_splits(source: str, val_size: int | float, max_train_samples: int | None, max_test_samples: int | None,
+                 input_kind: tuple[str, tuple[str, ...]], input_column: str | None,
+                 label_candidates: tuple[str, ...], label_column: str | None) -> _Splits:
+    """What both loaders share: check the arguments, load train / test, pick and check the columns and labels."""
+    _check_arguments(val_size, max_train_samples, max_test_samples)
+    raw, files = _load_raw(source)
+    if "train" not in raw:
+        raise ValueError(f"dataset '{source}' has no 'train' split (found {list(raw)}); name its files "
+                         "train.parquet and test.parquet, or train-00000-of-00002.parquet ... (the Hub layout)")
+    what, candidates = input_kind
+    input_column = input_column or _pick_column(raw["train"], candidates, what, source)
+    label_column = label_column or _pick_column(raw["train"], label_candidates, "label", source)
+    splits = {name: _Split(name, raw[name], files.get(name, [])) for name in ("train", "test") if name in raw}
+    for split in splits.values():
+        for column, kind in ((input_column, what), (label_column, "label")):
+            if column not in split.data.column_names:
+                raise ValueError(f"the {split.name} split of '{source}' has no {kind} column '{column}' "
+                                 f"(columns: {split.data.column_names})")
+        if len(split.data) == 0:
+            raise ValueError(f"the {split.name} split of '{source}' has no rows")
+    labels, num_classes, class_names = _labels(splits["train"], splits.get("test"), label_column)
+    heads = {"train": max_train_samples, "test": max_test_samples}
+    splits = {name: split.head(heads[name]) for name, split in splits.items()}
+    labels = {name: ids[:len(splits[name].data)] for name, ids in labels.items()}
+    return _Splits(splits["train"], splits.get("test"), input_column, labels, num_classes, class_names)
+
+
+def _labels(train: _Split, test: _Split | None, column: str
+            ) -> tuple[dict[str, torch.Tensor], int, tuple[str, ...] | None]:
+    """Checked class ids of every row of train (and test), the number of classes and their names.
+
+    Train defines the classes: a ClassLabel feature gives them with their names; string labels are classes named by
+    the sorted distinct strings of train (ids in that order, the same in test); otherwise ``num_classes`` is the
+    largest train label + 1, so a larger test label is a class never seen in training — an error, not a silently
+    wrong accuracy. Floats are accepted when whole (3.0 is class 3), never rounded.
+    """
+    feature = train.data.features[column]
+    names = None
+    if isinstance(feature, datasets.ClassLabel):
+        names = tuple(feature.names)
+    else:
+        values = train.column(column)
+        if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+            names = tuple(sorted(pc.unique(values.drop_null()).to_pylist()))
+    ids = {"train": _label_ids(train, column, names, len(names) if names else None)}
+    num_classes = len(names) if names else int(ids["train"].max()) + 1
+    if test is not None:
+        test_feature = test.data.features[column]
+        if isinstance(test_feature, datasets.ClassLabel) and names is not None and tuple(test_feature.names) != names:
+            raise ValueError(f"the test split's ClassLabel column '{column}' names the classes "
+                             f"{test_feature.names}, the train split {list(names)}: they must be the same")
+        ids["test"] = _label_ids(test, column, names, num_classes, inferred=names is None)
+    return ids, num_classes, names
+
+
+def _label_ids(split: _Split, column: str, names: tuple[str, ...] | None, num_classes: int | None,
+               inferred: bool = False) -> torch.Tensor:
+    """Every label of ``split`` as a class id in ``[0, num_classes)``, checked with Arrow / numpy (no Python loop);
+    the first offending row is named. String labels are looked up in ``names``."""
+    values = split.column(column)
+    if values.null_count:
+        row = _first(pc.is_null(values))
+        raise ValueError(f"{split.where(column, row)}: the label is missing (null); every example needs a class id")
+    kind = values.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        if names is None:
+            raise TypeError(f"{split.where(column, 0)}: string label {values[0].as_py()!r}, but the train split's "
+                            "labels are integer class ids; use one kind of label in every split")
+        ids = pc.fill_null(pc.index_in(values, value_set=pa.array(names, kind)), -1).to_numpy()
+        if (ids < 0).any():
+            row = _first(ids < 0)
+            raise ValueError(f"{split.where(column, row)}: label {values[row].as_py()!r} is not a class of the train "
+                             f"split (classes: {list(names)[:20]}{' ...' if len(names) > 20 else ''})")
+        return torch.from_numpy(ids.astype(np.int64))
+    if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)):
+        raise TypeError(f"{split.name} split, column '{column}' holds {kind}; expected integer class ids or "
+                        "class-name strings")
+    ids = values.to_numpy()
+    if pa.types.is_floating(kind) and not (np.isfinite(ids) & (ids == np.floor(ids))).all():
+        row = _first(~(np.isfinite(ids) & (ids == np.floor(ids))))
+        raise ValueError(f"{split.where(column, row)}: label {ids[row]} is not a whole number; labels are class ids "
+                         "0, 1, ... (whole floats such as 3.0 are accepted)")
+    if (ids < 0).any():
+        row = _first(ids < 0)
+        hint = " (-1 usually marks an unlabeled example, as in a hidden test set)" if ids[row] == -1 else ""
+        raise ValueError(f"{split.where(column, row)}: label {ids[row]} is negative; labels are class ids 0, 1, "
+                         f"...{hint}")
+    if num_classes is not None and (ids >= num_classes).any():
+        row = _first(ids >= num_classes)
+        if inferred:
+            raise ValueError(f"{split.where(column, row)}: label {ids[row]} is a class never seen in the train split "
+                             f"(its labels go up to {num_classes - 1}, so num_classes={num_classes})")
+        raise ValueError(f"{split.where(column, row)}: label {ids[row]} is outside [0, {num_classes}), the "
+                         f"{num_classes} classes of the train split's ClassLabel feature")
+    return torch.from_numpy(ids.astype(np.int64))
+
+
+def _first(mask: np.ndarray | pa.ChunkedArray) -> int:
+    """Index of the first true entry of a boolean numpy or Arrow array (the offending row an error names)."""
+    return int(np.flatnonzero(mask.to_numpy() if isinstance(mask, pa.ChunkedArray) else mask)[0])
+
+
+_SPLIT_FILE = re.compile(r"(?P<split>[A-Za-z]\w*?)(?:-(?P<shard>\d+)-of-(?P<shards>\d+)(?:-\w+)?)?\.parquet")
+
+
+def _split_files(folder: str) -> dict[str, list[str]]:
+    """The parquet files of each split in ``folder`` (or its ``data/`` subfolder, the Hub layout), shards in order.
+
+    A file is named after its split: ``train.parquet`` or, sharded, ``train-00000-of-00002.parquet``. A name that
+    gives no split, a missing shard or a split given both whole and sharded is an error: guessing would load the
+    wrong rows.
+    """
+    files = sorted(glob.glob(os.path.join(folder, "*.parquet"))) or sorted(
+        glob.glob(os.path.join(folder, "data", "*.parquet")))
+    if not files:
+        raise FileNotFoundError(f"no .parquet files in '{folder}' or '{os.path.join(folder, 'data')}'; expected "
+                                "e.g. train.parquet and test.parquet")
+    found: dict[str, list[tuple[str, re.Match]]] = {}
+    for path in files:
+        match = _SPLIT_FILE.fullmatch(os.path.basename(path))
+        if match is None:
+            raise ValueError(f"cannot tell which split '{path}' holds: name the files <split>.parquet or "
+                             "<split>-00000-of-00002.parquet (the Hub layout), e.g. train.parquet and test.parquet")
+        found.setdefault(match["split"], []).append((path, match))
+    splits = {}
+    for split, entries in found.items():
+        sharded = [(int(m["shard"]), int(m["shards"]), p) for p, m in entries if m["shards"] is not None]
+        if not sharded:
+            splits[split] = [p for p, _ in entries]
+            continue
+        if len(sharded) != len(entries):
+            raise ValueError(f"the {split} split is given both whole and in shards ({[p for p, _ in entries]}); "
+                             "keep one of them")
+        counts = {n for _, n, _ in sharded}
+        indices = sorted(i for i, _, _ in sharded)
+        if len(counts) != 1 or indices != list(range(counts.pop())):
+            raise ValueError(f"the shards of the {split} split are incomplete or inconsistent: "
+                             f"{[os.path.basename(p) for _, _, p in sorted(sharded)]}; expected "
+                             f"{split}-00000-of-N.parquet ... {split}-(N-1)-of-N.parquet, each exactly once")
+        splits[split] = [p for _, _, p in sorted(sharded)]
+    return splits
+
+
+def _count_rows(split: str, paths: list[str]) -> list[tuple[str, int]]:
+    """The rows of each parquet file of a split, from the footers only; unreadable files, files whose columns differ
+    from the first one's and a split with no rows at all are errors that name the files."""
+    counted, first = [], None
+    for path in paths:
+        try:
+            meta = pq.read_metadata(path)
+        except (pa.ArrowException, OSError) as e:
+            raise ValueError(f"'{path}' ({split} split) is not a readable parquet file: {e}") from e
+        schema = meta.schema.to_arrow_schema()
+        layout = ([(f.name, str(f.type)) for f in schema], (schema.metadata or {}).get(b"huggingface"))
+        if first is None:
+            first = layout
+        elif layout != first:
+            raise ValueError(f"'{path}' has the columns {layout[0]} but '{paths[0]}' has {first[0]} (or their 🤗 "
+                             f"features differ); every file of the {split} split needs the same columns and features")
+        counted.append((path, meta.num_rows))
+    if not sum(rows for _, rows in counted):
+        raise ValueError(f"the {split} split has no rows: {paths} hold 0 rows")
+    return counted
+
+
+def _load_raw(source: str) -> tuple[datasets.DatasetDict, dict[str, list[tuple[str, int]]]]:
+    """The splits of ``source`` and, when local, each split's parquet files with their row counts."""
     path = os.path.expanduser(str(source))
-    if os.path.isdir(path):
-        files = sorted(glob.glob(os.path.join(path, "*.parquet")))
-        splits = {os.path.basename(f).split(".")[0].split("-")[0]: f for f in files}
-        if not splits:
-            raise FileNotFoundError(f"no .parquet files in '{path}'; expected e.g. train.parquet and test.parquet")
-        return datasets.load_dataset("parquet", data_files=splits)
-    if os.path.isfile(path):
-        return datasets.load_dataset("parquet", data_files={"train": path})
+    if os.path.isdir(path) or os.path.isfile(path):
+        files = _split_files(path) if os.path.isdir(path) else {"train": [path]}
+        counted = {split: _count_rows(split, paths) for split, paths in files.items()}
+        # One split at a time: loaded together, 🤗 datasets casts every split to the first one's columns, turning
+        # integer train labels into strings or failing when test lacks a column. Files without rows hold nothing
+        # to load (and datasets fails on them).
+        raw = datasets.DatasetDict({split: datasets.load_dataset("parquet", split=split, data_files={
+            split: [p for p, n in rows if n]}) for split, rows in counted.items()})
+        return raw, counted
     try:
-        return datasets.load_dataset(source)
+        return datasets.load_dataset(source), {}
     except Exception as e:  # offline, unknown repo, no permission: all end here
         raise FileNotFoundError(
             f"could not load dataset '{source}': it is not a local folder or parquet file, and loading it from "
@@ -174,17 +400,74 @@ def _pick_column(split: datasets.Dataset, candidates: tuple[str, ...], what: str
                      f"{split.column_names}); pass {what}_column=...")
 
 
-def _decode(split: datasets.Dataset, image_column: str, label_column: str) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = [], []
-    for batch in split.select_columns([image_column, label_column]).with_format("numpy").iter(batch_size=4096):
-        imgs = batch[image_column]
-        if imgs.dtype == object:  # images of different sizes cannot be stacked
-            raise ValueError(f"images in column '{image_column}' differ in size; resize them first")
-        if imgs.ndim == 3:  # grayscale
-            imgs = imgs[..., None]
-        images.append(torch.from_numpy(np.ascontiguousarray(imgs)).permute(0, 3, 1, 2))
-        labels.append(torch.from_numpy(np.asarray(batch[label_column], dtype=np.int64)))
-    return torch.cat(images).contiguous(), torch.cat(labels)
+_IMAGE_MODES = {1: "L", 3: "RGB", 4: "RGBA"}  # channels -> the PIL mode encoded images are converted to
+
+
+def _decode_images(split: _Split, column: str, channels: int) -> torch.Tensor:
+    """Every image of ``split`` decoded once into uint8 ``[N, C, H, W]``.
+
+    Encoded images (a 🤗 Image feature, or bytes) are converted to ``channels``; pixel arrays (``H x W [x C]``) are
+    taken as they are and must have ``channels``. Batches are decoded by 🤗 ``datasets``; only when one fails is it
+    decoded again row by row, to name the offending row.
+    """
+    data = split.data.select_columns([column])
+    feature = data.features[column]
+    if isinstance(feature, datasets.Image) or feature == datasets.Value("binary") or (
+            isinstance(feature, dict) and set(feature) == {"bytes", "path"}):
+        if channels not in _IMAGE_MODES:
+            raise ValueError(f"mean/std have {channels} values, but images decode to 1 (grayscale), 3 (RGB) or 4 "
+                             "(RGBA) channels")
+        data = data.cast_column(column, datasets.Image(mode=_IMAGE_MODES[channels]))
+    values = split.column(column)
+    if values.null_count:
+        raise ValueError(f"{split.where(column, _first(pc.is_null(values)))}: the image is missing (null)")
+    rows, batches, shape = data.with_format("numpy"), [], None
+    for start in range(0, len(rows), 4096):
+        stop = min(start + 4096, len(rows))
+        try:
+            batch = rows[start:stop][column]
+        except Exception as e:  # an undecodable image somewhere in the batch: find which
+            _raise_undecodable(split, column, rows, start, stop, e)
+        shape = np.shape(batch[0]) if shape is None else shape
+        if batch.dtype == object or batch.shape[1:] != shape:
+            row = start + next((i for i, im in enumerate(batch) if np.shape(im) != shape), 0)
+            raise ValueError(f"{split.where(column, row)}: image of shape {np.shape(batch[row - start])}, but row 0 "
+                             f"has {shape}; all images must have one size and layout (resize them first)")
+        # 🤗 datasets formats integer pixel arrays as int64, even uint8 ones: take integers that fit in 0..255
+        if batch.ndim not in (3, 4) or not (batch.dtype == np.uint8 or (
+                np.issubdtype(batch.dtype, np.integer) and 0 <= batch.min() and batch.max() <= 255)):
+            raise TypeError(f"{split.name} split, column '{column}': images are {batch.dtype} arrays of shape "
+                            f"{batch.shape[1:]}; expected encoded images or H x W [x C] arrays of pixels in 0..255")
+        batch = batch.astype(np.uint8, copy=False)
+        batches.append(torch.from_numpy(np.ascontiguousarray(batch if batch.ndim == 4 else batch[..., None])))
+    images = torch.cat(batches).permute(0, 3, 1, 2).contiguous()
+    if images.shape[1] != channels:
+        raise ValueError(f"{split.name} split, column '{column}': images have {images.shape[1]} channels, but "
+                         f"mean/std have {channels} values")
+    return images
+
+
+def _raise_undecodable(split: _Split, column: str, rows: datasets.Dataset, start: int, stop: int,
+                       error: Exception) -> NoReturn:
+    """Decode rows ``start:stop`` one by one and raise an error naming the first that fails."""
+    for row in range(start, stop):
+        try:
+            rows[row]
+        except Exception as e:
+            raise ValueError(f"{split.where(column, row)}: cannot decode the image "
+                             f"({type(e).__name__}: {e})") from e
+    raise ValueError(f"{split.name} split, column '{column}': cannot decode rows {start}-{stop - 1} "
+                     f"({type(error).__name__}: {error})") from error
+
+
+def _texts(split: _Split, column: str) -> list[str]:
+    """Every text of ``split``, checked: strings, none missing (a tokenizer fails obscurely on None)."""
+    values = split.column(column)
+    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+        raise TypeError(f"{split.name} split, column '{column}' holds {values.type}; expected text (strings)")
+    if values.null_count:
+        raise ValueError(f"{split.where(column, _first(pc.is_null(values)))}: the text is missing (null)")
+    return values.to_pylist()
 
 
 def accuracy(eval_pred) -> dict[str, float]:
@@ -238,6 +521,7 @@ class TextClassificationData:
     test: TokenizedTextDataset | None
     num_classes: int
     tokenizer: "PreTrainedTokenizerBase"  # noqa: F821
+    class_names: tuple[str, ...] | None = None  # id -> name, from a ClassLabel feature or sorted string labels
 
     def collator(self, augment: bool = False, generator: torch.Generator | None = None) -> TextCollator:
         """``augment`` / ``generator`` exist for interface parity with images: texts are not augmented."""
@@ -294,39 +578,31 @@ def load_text_classification(
 
     ``tokenizer``: a tokenizer object, a local path or Hub id for ``AutoTokenizer``, or None to train a WordPiece
     vocabulary of ``vocab_size`` on the training split (offline). Texts are truncated to ``max_length`` tokens.
+    Labels are checked (and string labels mapped to ids) as described in :func:`_labels`.
     """
-    raw = _load_raw(source)
-    if "train" not in raw:
-        raise ValueError(f"dataset '{source}' has no 'train' split (found {list(raw)})")
-    text_column = text_column or _pick_column(raw["train"], TEXT_COLUMNS, "text", source)
-    label_column = label_column or _pick_column(raw["train"], TEXT_LABEL_COLUMNS, "label", source)
-    train = raw["train"]
-    if max_train_samples is not None:
-        train = train.select(range(min(max_train_samples, len(train))))
-    train_idx, val_idx = _carve_validation(len(train), val_size, seed)
+    splits = _load_splits(source, val_size, max_train_samples, max_test_samples, ("text", TEXT_COLUMNS),
+                          text_column, TEXT_LABEL_COLUMNS, label_column)
+    texts = _texts(splits.train, splits.input_column)
+    train_idx, val_idx = _carve_validation(len(texts), val_size, seed)
     if tokenizer is None:  # the vocabulary sees the training examples only, never validation or test
-        tokenizer = train_wordpiece_tokenizer(list(train.select(train_idx.tolist())[text_column]), vocab_size)
+        tokenizer = train_wordpiece_tokenizer([texts[i] for i in train_idx.tolist()], vocab_size)
     elif isinstance(tokenizer, str):
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(tokenizer)
 
-    def encode(split: datasets.Dataset) -> TokenizedTextDataset:
-        ids = tokenizer(list(split[text_column]), truncation=True, max_length=max_length)["input_ids"]
-        return TokenizedTextDataset([torch.tensor(i, dtype=torch.long) for i in ids],
-                                    torch.tensor(list(split[label_column]), dtype=torch.long))
+    def encode(texts: list[str], labels: torch.Tensor) -> TokenizedTextDataset:
+        ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        return TokenizedTextDataset([torch.tensor(i, dtype=torch.long) for i in ids], labels)
 
-    encoded = encode(train)
+    encoded = encode(texts, splits.labels["train"])
     pick = lambda idx: TokenizedTextDataset([encoded.input_ids[i] for i in idx.tolist()],  # noqa: E731
                                             encoded.labels[idx])
     test = None
-    if "test" in raw:
-        test_split = raw["test"]
-        if max_test_samples is not None:
-            test_split = test_split.select(range(min(max_test_samples, len(test_split))))
-        test = encode(test_split)
-    num_classes = _num_classes(raw["train"], label_column, encoded.labels)
-    return TextClassificationData(pick(train_idx), pick(val_idx), test, num_classes, tokenizer)
+    if splits.test is not None:
+        test = encode(_texts(splits.test, splits.input_column), splits.labels["test"])
+    return TextClassificationData(pick(train_idx), pick(val_idx), test, splits.num_classes, tokenizer,
+                                  splits.class_names)
 
 
 ClassificationData = ImageClassificationData | TextClassificationData  # what finetuning and meta-training take

@@ -5,7 +5,9 @@ import os
 import sys
 
 import pytest
+import torch
 
+import hf_metaprune as hm
 from conftest import CIFAR10
 
 BENCHMARK = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "cifar.py")
@@ -53,6 +55,7 @@ def test_cpu_small_runs_end_to_end_and_resumes(cifar_benchmark, tmp_path):
         assert (tmp_path / "results" / f"cifar_cpu-small{suffix}").stat().st_size > 0
     written = json.loads(prefix.with_suffix(".json").read_text())
     assert written["table"] == summary["table"]
+    assert written["versions"] == hm.library_versions() and written["versions"]["torch"] == torch.__version__.split("+")[0]
 
     methods = [m for m, _, _ in cifar_benchmark.METHODS]
     assert [(r["method"], r["target_speed_up"]) for r in written["rows"]] == \
@@ -61,7 +64,8 @@ def test_cpu_small_runs_end_to_end_and_resumes(cifar_benchmark, tmp_path):
     for row in written["rows"]:
         assert len(row["test_accuracy"]["values"]) == 2
         assert abs(row["speed_up"]["mean"] - row["target_speed_up"]) < 0.1
-        assert all(0.0 <= a <= 1.0 for a in row["val_accuracy"]["values"] + row["test_accuracy"]["values"])
+        for a in row["val_accuracy"]["values"] + row["test_accuracy"]["values"]:  # counts of 100 images
+            assert a * 100 == pytest.approx(round(a * 100)) and a > 0
         assert row["latency_s"]["mean"] > 0
     # every method pruned the same base models: same base record per seed, different seeds differ
     assert len(written["base_runs"]) == 2 and written["base_runs"][0] != written["base_runs"][1]

@@ -59,3 +59,13 @@ def test_impossible_validation_size_is_a_value_error():
 def test_accuracy_metric_works_offline():
     logits = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
     assert accuracy((logits, np.array([1, 0, 0]))) == {"accuracy": pytest.approx(2 / 3)}
+
+
+def test_real_datasets_expose_their_class_names(cifar_small):
+    assert cifar_small.class_names[:3] == ("airplane", "automobile", "bird") and len(cifar_small.class_names) == 10
+    from hf_metaprune import load_text_classification
+
+    trec = load_text_classification(CIFAR10.replace("cifar10", "trec"), val_size=50, max_train_samples=300,
+                                    max_test_samples=50, vocab_size=200)
+    assert trec.class_names == ("ABBR", "ENTY", "DESC", "HUM", "LOC", "NUM") and trec.num_classes == 6
+    assert trec.test.labels.tolist()[:5] == [5, 4, 3, 2, 5]  # coarse_label of the first rows of test.parquet

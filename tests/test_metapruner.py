@@ -43,14 +43,14 @@ def test_save_and_load_reproduce_outputs_exactly(tmp_path):
 
 def test_loading_a_mismatched_checkpoint_fails_clearly(tmp_path):
     _metapruner(hidden_size=16).save_pretrained(tmp_path)
-    with pytest.raises(Exception, match="(?i)mismatch"):
+    with pytest.raises(ValueError, match="does not match the MetaPrunerModel its config describes.*mismatched keys"):
         MetaPrunerModel.from_pretrained(tmp_path, hidden_size=8)
 
 
 def test_loading_a_corrupt_checkpoint_fails_clearly(tmp_path):
     _metapruner().save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(Exception, match="(?i)safetensors|header|deserializ"):
+    with pytest.raises(ValueError, match="weights in .* are not a readable safetensors file"):
         MetaPrunerModel.from_pretrained(tmp_path)
 
 
@@ -134,7 +134,7 @@ def test_prune_reaches_target_and_keeps_classes():
     assert result.params_after < result.params_before and result.macs_after < result.macs_before
     assert result.model.fc.out_features == 10
     assert result.model(torch.randn(4, 3, 32, 32)).shape == (4, 10)
-    with pytest.raises(ValueError, match="speed_up must be > 1"):
+    with pytest.raises(ValueError, match=r"speed_up must be in \(1.0, inf\]"):
         _metapruner().prune(model, x, speed_up=1.0)
 
 

@@ -232,3 +232,52 @@ def test_graph_of_another_architecture_is_refused():
     graph = hm.model_to_graph(make_model("cifar_resnet20"), X)
     with pytest.raises(ValueError, match="graph does not cover the template model: 72 of its tensors"):
         hm.graph_to_model(graph, make_model("cifar_resnet32"))
+
+
+class FixedSplit(nn.Module):
+    """Splits its input with sizes fixed at construction, as timm's MixedConv2d does."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_in = nn.Conv2d(3, 16, 1)
+        self.convs = nn.ModuleList([nn.Conv2d(8, 8, 3, padding=1), nn.Conv2d(8, 8, 1)])
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        parts = torch.split(self.conv_in(x), [8, 8], dim=1)
+        return self.fc(torch.cat([c(p) for c, p in zip(self.convs, parts)], 1).mean((2, 3)))
+
+
+def test_a_forward_with_fixed_channel_counts_is_named():
+    with pytest.raises(hm.UnsupportedModuleError, match="module '' of type FixedSplit.*hard-codes a channel count"):
+        hm.prune_to_speedup(FixedSplit(), small_input(), 2.0)
+
+
+class Concatenated(nn.Module):
+    """Two convs whose outputs are concatenated (GhostNet's primary + cheap parts): one group, two layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.primary, self.cheap = nn.Conv2d(3, 2, 3, padding=1), nn.Conv2d(3, 14, 3, padding=1)
+        self.head = nn.Conv2d(16, 16, 1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(self.head(torch.cat([self.primary(x), self.cheap(x)], 1)).mean((2, 3)))
+
+
+def test_no_layer_is_emptied_when_a_group_spans_concatenated_layers():
+    model = Concatenated()
+    with torch.no_grad():  # the two primary channels are the weakest of the group
+        model.primary.weight *= 1e-4
+        model.head.weight[:, :2] *= 1e-4
+    pruned = hm.prune_to_speedup(model, small_input(), 1.6).model
+    assert pruned.primary.out_channels == 1 and pruned.head.in_channels == 1 + pruned.cheap.out_channels
+    assert pruned(small_input()).shape == (2, 10)
+
+
+def test_conv_with_extra_per_channel_parameters_is_refused():
+    model = SmallNet()
+    model.conv2.gain = nn.Parameter(torch.ones(16, 1, 1, 1))  # as timm's ScaledStdConv2d
+    with pytest.raises(hm.UnsupportedModuleError, match=r"module 'conv2' .* parameters \['gain'\] besides weight"):
+        hm.prune_to_speedup(model, small_input(), 1.5)

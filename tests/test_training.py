@@ -1,3 +1,4 @@
+import copy
 import json
 import os
 
@@ -116,8 +117,13 @@ def test_prune_and_probe_evaluation_selects_and_cards_the_best(tiny_zoo, cifar_s
     trainer.train()
     evals = [h for h in trainer.state.log_history if "eval_probe_accuracy" in h]
     assert len(evals) == 2
-    for key in ("original", "transformed", "pruned", "probe", "baseline_probe"):
-        assert 0 <= evals[0][f"eval_{key}_accuracy"] <= 1
+    probed = copy.copy(cifar_small)  # prune-and-probe scores the first probe_eval_samples validation images
+    if args.probe_eval_samples:
+        probed.validation = cifar_small.validation.subset(args.probe_eval_samples)
+    assert evals[0]["eval_original_accuracy"] == pytest.approx(evaluate_accuracy(held_out.model(0), probed))
+    n = len(probed.validation)
+    for key in ("original", "transformed", "pruned", "probe", "baseline_probe"):  # counts of validation images
+        assert evals[0][f"eval_{key}_accuracy"] * n == pytest.approx(round(evals[0][f"eval_{key}_accuracy"] * n))
     best = max(evals, key=lambda h: h["eval_probe_accuracy"])
     assert trainer.state.best_metric == pytest.approx(best["eval_probe_accuracy"])
     trainer.save_model(str(tmp_path / "final"))

@@ -120,10 +120,11 @@ def call_model(model: nn.Module, example_inputs: Any):
 
 
 def check_supported_modules(model: nn.Module) -> None:
-    """Refuse, before any work starts, modules whose weights are recomputed from hidden tensors.
+    """Refuse, before any work starts, layers whose weights pruning cannot keep consistent.
 
     Weight and spectral norm rebuild ``weight`` from other tensors on every forward; pruning the visible weight
-    would be undone (or crash) on the next call. They have to be folded into the weight first.
+    would be undone (or crash) on the next call, so they have to be folded into the weight first. A conv or
+    linear layer with extra per-channel parameters (timm's ``ScaledStdConv2d`` gain) would be left inconsistent.
     """
     for path, m in model.named_modules():
         hooks = [type(h).__name__ for h in m._forward_pre_hooks.values()]
@@ -132,6 +133,11 @@ def check_supported_modules(model: nn.Module) -> None:
                                                   "another parametrization); fold it into a plain weight first, "
                                                   "e.g. torch.nn.utils.parametrize.remove_parametrizations(module, "
                                                   "'weight') or torch.nn.utils.remove_weight_norm(module)")
+        if isinstance(m, ROOT_MODULE_TYPES):
+            extra = [n for n, _ in m.named_parameters(recurse=False) if n not in ("weight", "bias")]
+            if extra:  # e.g. timm's ScaledStdConv2d gain: a per-channel tensor nobody prunes with the weight
+                raise UnsupportedModuleError(path, m, f"it holds parameters {extra} besides weight and bias, which "
+                                                      "structured pruning cannot keep in step with its channels")
 
 
 def build_dependency_graph(model: nn.Module, example_inputs: Any) -> tp.DependencyGraph:

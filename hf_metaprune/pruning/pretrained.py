@@ -12,20 +12,25 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import sys
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import (AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForSequenceClassification,
                           BertForSequenceClassification, BertModel, PreTrainedModel, ViTForImageClassification,
                           ViTModel)
 
+from .._io import atomic_update, check_loading_info
 from ..graph.attention import find_attention_modules, sync_head_counts
 from . import shapes as shapes_module
 from .shapes import shrink_to_shapes
 
 PRUNED_FIELDS = ("pruned_shapes", "pruned_attention_heads", "auto_map")
 REMOTE_CODE_FILE = "modeling_metaprune.py"
+HUB_KWARGS = ("repo_id", "commit_message", "commit_description", "private", "token", "revision", "create_pr", "tags")
+PRUNED_CNN_CONFIG = "pruned_config.json"  # hf_metaprune.save_pruned's checkpoints: not to be overwritten
 AUTO_CLASSES = (AutoModel, AutoModelForImageClassification, AutoModelForSequenceClassification)
 _PRUNED_CLASSES: dict[type, type] = {}
 
@@ -51,23 +56,80 @@ def pruned_model_class(base_class: type[PreTrainedModel]) -> type[PreTrainedMode
 
     autos = [auto for auto in AUTO_CLASSES if auto._model_mapping.get(base_config, None) is base_class]
 
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """As usual, plus ``modeling_metaprune.py`` and an ``auto_map`` for ``trust_remote_code`` loading."""
+    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, push_to_hub: bool = False,
+                        **kwargs):
+        """As usual, plus ``modeling_metaprune.py`` and an ``auto_map`` for ``trust_remote_code`` loading.
+
+        All files are written to a temporary folder inside ``save_directory`` and moved in only once complete, so
+        a failed save leaves an earlier checkpoint there loadable; other files in the folder (a tokenizer) stay.
+        A folder holding a :func:`hf_metaprune.save_pruned` checkpoint raises ``FileExistsError``.
+        """
+        path = os.fspath(save_directory)
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise NotADirectoryError(f"{type(self).__name__}.save_pretrained: save_directory '{path}' is a file; "
+                                     "expected a folder")
+        if os.path.isfile(os.path.join(path, PRUNED_CNN_CONFIG)):
+            raise FileExistsError(f"{type(self).__name__}.save_pretrained: '{path}' holds a save_pruned checkpoint "
+                                  f"({PRUNED_CNN_CONFIG}); saving here would overwrite its model.safetensors. Choose "
+                                  "another folder.")
         remote = REMOTE_CODE_FILE.removesuffix(".py")
         self.config.auto_map = {"AutoConfig": f"{remote}.{config_class.__name__}",
                                 **{a.__name__: f"{remote}.{type(self).__name__}" for a in autos}}
-        base_class.save_pretrained(self, save_directory, *args, **kwargs)
-        with open(os.path.join(save_directory, REMOTE_CODE_FILE), "w") as f:
-            f.write(_remote_code(base_config, base_class, config_class.__name__, type(self).__name__, model_type))
+        code = _remote_code(base_config, base_class, config_class.__name__, type(self).__name__, model_type)
+        hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs} if push_to_hub else {}
+        with atomic_update(path) as tmp:
+            base_class.save_pretrained(self, tmp, *args, is_main_process=is_main_process, **kwargs)
+            written = set(os.listdir(tmp))
+            if written:  # not on the other processes of a distributed run
+                with open(os.path.join(tmp, REMOTE_CODE_FILE), "w") as f:
+                    f.write(code)
+        if written:
+            _remove_stale_weights(path, written)
+        if push_to_hub and written:  # uploads a fresh save of the same files, modeling_metaprune.py included
+            repo_id = hub.pop("repo_id", os.path.basename(os.path.abspath(path)))
+            return self.push_to_hub(repo_id, **hub)
+
+    @classmethod
+    def from_pretrained(klass, *args, **kwargs):
+        """Like ``PreTrainedModel.from_pretrained``, but a checkpoint whose weights do not all fit is an error.
+
+        transformers re-initialises missing (or mismatched) weights and drops unexpected ones with a warning; for
+        a pruned model that is a silently different network, so ``ValueError`` is raised instead (tied weights,
+        which transformers re-ties and does not report, pass).
+        """
+        want_info = kwargs.pop("output_loading_info", False)
+        kwargs["ignore_mismatched_sizes"] = True  # report mismatches in the loading info; refused below
+        source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+        try:
+            model, info = super(cls, klass).from_pretrained(*args, output_loading_info=True, **kwargs)
+        except SafetensorError as e:  # truncated or corrupt weights file
+            raise ValueError(f"{klass.__name__}.from_pretrained: the weights in {source} are not a readable "
+                             f"safetensors file: {e}") from e
+        check_loading_info(info, klass.__name__, source)
+        return (model, info) if want_info else model
 
     cls = type(f"MetaPruned{base_class.__name__}", (base_class,),
                {"config_class": config_class, "__init__": __init__, "save_pretrained": save_pretrained,
-                "__module__": __name__, "_metaprune_base_class": base_class})
+                "from_pretrained": from_pretrained, "__module__": __name__, "_metaprune_base_class": base_class})
     setattr(module, cls.__name__, cls)
     for auto in autos:
         auto.register(config_class, cls, exist_ok=True)
     _PRUNED_CLASSES[base_class] = cls
     return cls
+
+
+def _remove_stale_weights(directory: str, written: set[str]) -> None:
+    """Remove weight files of an earlier save that the new one did not replace and that would shadow it.
+
+    transformers loads ``model.safetensors`` before a sharded index, so a stale single file left beside a new
+    sharded save (or a stale index / shard beside a new single file) would load the old weights.
+    """
+    weights = re.compile(r"(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?")
+    if not any(weights.fullmatch(name) for name in written):
+        return
+    for name in os.listdir(directory):
+        if weights.fullmatch(name) and name not in written and os.path.isfile(os.path.join(directory, name)):
+            os.remove(os.path.join(directory, name))
 
 
 def attach_pruned_config(model: PreTrainedModel) -> PreTrainedModel:
@@ -122,6 +184,18 @@ class {class_name}({base_class.__name__}):
     def __init__(self, config, *args, **kwargs):
         super().__init__(config, *args, **kwargs)
         shrink_to_shapes(self, config.pruned_shapes or {{}}, config.pruned_attention_heads or {{}})
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # a checkpoint whose weights do not all fit is an error, not re-initialised weights and a warning
+        want_info = kwargs.pop("output_loading_info", False)
+        kwargs["ignore_mismatched_sizes"] = True
+        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        problems = {{k: sorted(map(str, v))[:5] for k, v in info.items() if v and k in
+                    ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")}}
+        if problems:
+            raise ValueError(f"the checkpoint does not match the {{cls.__name__}} its config describes: {{problems}}")
+        return (model, info) if want_info else model
 """
 
 

@@ -125,7 +125,7 @@ def _resolve_importance(importance) -> tp.importance.Importance:
     return importance
 
 
-def _check_number(name: str, value: Any, low: float, high: float = math.inf, low_inclusive: bool = True) -> float:
+def check_number(name: str, value: Any, low: float, high: float = math.inf, low_inclusive: bool = True) -> float:
     """``value`` as a float in the range, or an error naming the argument."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
@@ -189,9 +189,9 @@ def prune_to_speedup(
     channels by the same normalised group criterion; a pruned 🤗 ``PreTrainedModel`` gets a config that rebuilds it
     (``save_pretrained`` / ``from_pretrained``).
     """
-    speed_up = _check_number("speed_up", speed_up, 1.0, low_inclusive=False)
-    tolerance = _check_number("tolerance", tolerance, 0.0)
-    max_pruning_ratio = _check_number("max_pruning_ratio", max_pruning_ratio, 0.0, 1.0, low_inclusive=False)
+    speed_up = check_number("speed_up", speed_up, 1.0, low_inclusive=False)
+    tolerance = check_number("tolerance", tolerance, 0.0)
+    max_pruning_ratio = check_number("max_pruning_ratio", max_pruning_ratio, 0.0, 1.0, low_inclusive=False)
     if max_pruning_ratio == 1.0:
         raise ValueError("max_pruning_ratio must be below 1: a layer always keeps at least one channel")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
@@ -199,9 +199,23 @@ def prune_to_speedup(
     importance = _resolve_importance(importance)
     ignored_names = _expand_ignored(model, ignored_layers)
     check_supported_modules(model)  # before the copy: old-style weight norm cannot even be deep-copied
-    original, model = model, copy.deepcopy(model)  # pruned on a copy: a failure leaves the input untouched
+    pruned, macs0, macs, params0, steps, note = _prune_copy(
+        model, example_inputs, ignored_names, speed_up=speed_up, importance=importance, tolerance=tolerance,
+        max_pruning_ratio=max_pruning_ratio, max_steps=max_steps, prune_hidden=prune_hidden)
+    if inplace:  # swap the pruned modules in only now: a failure above leaves the caller's model untouched
+        model.__dict__.update(pruned.__dict__)
+        model.__class__ = pruned.__class__
+        pruned = model
+    params_after = sum(p.numel() for p in pruned.parameters())  # MACs were counted at the end of the last step
+    return PruneResult(pruned, macs0, macs, params0, params_after, steps, module_widths(pruned), note)
+
+
+def _prune_copy(model: nn.Module, example_inputs: Any, ignored_names: set[str], speed_up: float, importance,
+                tolerance: float, max_pruning_ratio: float, max_steps: int,
+                prune_hidden: bool | None) -> tuple[nn.Module, float, float, int, int, str]:
+    """The pruning loop, on a copy of ``model``: a failure leaves the input untouched."""
+    model = copy.deepcopy(model)  # pruned on a copy: a failure leaves the input untouched
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    ties = _tied_parameters(model)
     attention = find_attention_modules(model)  # raises for attention that cannot be head-pruned
     head_dims = {p: a.head_dim for a in attention for p in a.projections}
     prune_hidden = not attention if prune_hidden is None else prune_hidden
@@ -209,14 +223,15 @@ def prune_to_speedup(
     macs0, params0 = count_macs_and_params(model, example_inputs)
     target, floor = macs0 / speed_up, macs0 / (speed_up * (1 + tolerance))
     ignored = {model.get_submodule(n) for n in ignored_names}
-    tied = {model.get_submodule(n.rpartition(".")[0]) for names in ties for n in names}  # never pruned: keeps ties
+    # never touched in any role: pruning one side of tied weights would untie them
+    untouchable = {model.get_submodule(n.rpartition(".")[0]) for names in _tied_parameters(model) for n in names}
     initial: dict[int, int] = {}
     steps, note = 0, ""
     macs, layer_macs = _count_macs(model, example_inputs)
     while macs > target:
         if steps >= max_steps:
             raise RuntimeError(f"did not reach {speed_up}x in {max_steps} steps (at {macs0 / macs:.3f}x)")
-        groups, excluded = _prunable_groups(dg, ignored, prune_hidden, tied)
+        groups, excluded = _prunable_groups(dg, ignored, prune_hidden, untouchable)
         head_costs = _attention_macs_per_head(attention, layer_macs)
         candidates = []
         for gi, group in enumerate(groups):
@@ -250,12 +265,7 @@ def prune_to_speedup(
         sync_head_counts(attention)
     if isinstance(model, PreTrainedModel):  # a config that rebuilds the pruned widths: from_pretrained works
         attach_pruned_config(model)
-    if inplace:  # swap the pruned modules in only now: a failure above leaves the caller's model untouched
-        original.__dict__.update(model.__dict__)
-        original.__class__ = model.__class__
-        model = original
-    params_after = sum(p.numel() for p in model.parameters())  # MACs were counted at the end of the last step
-    return PruneResult(model, macs0, macs, params0, params_after, steps, module_widths(model), note)
+    return model, macs0, macs, params0, steps, note
 
 
 def _tied_parameters(model: nn.Module) -> list[list[str]]:
@@ -292,8 +302,8 @@ def _unreachable_message(speed_up: float, reached: float, max_ratio: float, excl
     if excluded.get("ignored"):
         limits.append(f"{excluded['ignored']} group(s) are kept whole by ignored_layers")
         hints.append("ignore fewer layers")
-    if excluded.get("tied"):
-        limits.append(f"{excluded['tied']} group(s) touch tied weights, which are never pruned")
+    if excluded.get("untouchable"):
+        limits.append(f"{excluded['untouchable']} group(s) touch tied weights, which are never pruned")
     if attention:
         limits.append("attention layers keep at least one head each")
     hint = f"; to go further: {', '.join(hints)}" if hints else ""
@@ -310,13 +320,13 @@ def _check_no_empty_layers(model: nn.Module) -> None:
 
 
 def _prunable_groups(dg: tp.DependencyGraph, ignored: set[nn.Module], prune_hidden: bool = True,
-                     tied: set[nn.Module] = frozenset()) -> tuple[list, dict[str, int]]:
+                     untouchable: set[nn.Module] = frozenset()) -> tuple[list, dict[str, int]]:
     """Groups whose channels feed another layer: a model's outputs (e.g. class logits) are never pruned.
 
     Without ``prune_hidden`` (transformers) only heads and MLP neurons are pruned: a group touching a LayerNorm
-    (the residual stream) or feeding the output layer (e.g. BERT's pooler) is left alone. Groups touching a
-    module with tied weights are left alone too (pruning one side would untie them). Also returns how many
-    groups each of these rules kept whole, for error messages.
+    (the residual stream) or feeding the output layer (e.g. BERT's pooler) is left alone. Groups touching an
+    ``untouchable`` module (tied weights) are left alone too. Also
+    returns how many groups each of these rules kept whole, for error messages.
     """
     is_out = dg.is_out_channel_pruning_fn
     candidates, output_layers = [], set()
@@ -326,12 +336,12 @@ def _prunable_groups(dg: tp.DependencyGraph, ignored: set[nn.Module], prune_hidd
             candidates.append((group, consumers))
         else:
             output_layers.update(item.dep.target.module for item in group if is_out(item.dep.handler))
-    groups, excluded = [], {"ignored": 0, "hidden": 0, "tied": 0}
+    groups, excluded = [], {"ignored": 0, "hidden": 0, "untouchable": 0}
     for group, consumers in candidates:
         if any(item.dep.target.module in ignored and is_out(item.dep.handler) for item in group):
             excluded["ignored"] += 1
-        elif any(item.dep.target.module in tied for item in group):
-            excluded["tied"] += 1
+        elif any(item.dep.target.module in untouchable for item in group):
+            excluded["untouchable"] += 1
         elif not prune_hidden and (any(isinstance(item.dep.target.module, nn.LayerNorm) for item in group)
                                    or any(m in output_layers for m in consumers)):
             excluded["hidden"] += 1
@@ -410,9 +420,13 @@ def _last_channel_of_each_part(group, imp: torch.Tensor, size: int, unit: int) -
 
 def _untraceable(dg: tp.DependencyGraph, group, error: Exception) -> UnsupportedModuleError:
     root = group[0].dep.target.module
-    name = next((n for n, m in dg.model.named_modules() if m is root), str(group[0].dep.target.name))
-    return UnsupportedModuleError(name, root, "Torch-Pruning's dependency graph cannot follow its channels (e.g. a "
+    return UnsupportedModuleError(_module_name(dg, root), root, "Torch-Pruning's dependency graph cannot follow its "
+                                                                "channels (e.g. a "
                                               f"split or concatenation of channel ranges it does not model): {error}")
+
+
+def _module_name(dg: tp.DependencyGraph, module: nn.Module) -> str:
+    return dg._module2name.get(module, type(module).__name__)
 
 
 def _head_size(dg: tp.DependencyGraph, group, head_dims: dict[nn.Module, int]) -> int:
@@ -442,15 +456,48 @@ def _by_group(chosen: list[_Candidate]) -> dict[int, list[tuple[int, int]]]:
 
 
 def _count_pruned_macs(model: nn.Module, attention: list, example_inputs: Any) -> tuple[float, dict]:
-    """:func:`_count_macs` after a pruning step; its forward also checks that the attention still runs."""
-    if not attention:
-        return _count_macs(model, example_inputs)
-    sync_head_counts(attention)
+    """:func:`_count_macs` after a pruning step; its forward also checks that the pruned model still runs.
+
+    A module whose forward hard-codes channel counts (a fixed ``torch.split`` size, a head count used in a
+    reshape) breaks here; the error names the innermost module that was running.
+    """
+    if attention:
+        sync_head_counts(attention)
     try:
         return _count_macs(model, example_inputs)
-    except Exception as e:  # e.g. an attention implementation that reshapes with a fixed head count
-        a = attention[0]
-        raise UnsupportedModuleError(a.path, a.module, f"its forward fails with a pruned number of heads ({e})") from e
+    except Exception as e:
+        if attention:
+            a = attention[0]
+            raise UnsupportedModuleError(a.path, a.module,
+                                         f"its forward fails with a pruned number of heads ({e})") from e
+        path = _failing_module(model, example_inputs)
+        raise UnsupportedModuleError(path, model.get_submodule(path),
+                                     "its forward fails once channels are pruned: it hard-codes a channel count "
+                                     "(e.g. split sizes) that Torch-Pruning cannot update; keep it whole with "
+                                     f"ignored_layers, or fold it into plain layers ({type(e).__name__}: {e})") from e
+
+
+def _failing_module(model: nn.Module, example_inputs: Any) -> str:
+    """Path of the innermost module whose forward raises on ``example_inputs`` ("" for the model itself)."""
+    names = {m: n for n, m in model.named_modules()}
+    stack: list[str] = []
+
+    def enter(module, _inputs) -> None:
+        stack.append(names[module])
+
+    def leave(_module, _inputs, _output) -> None:  # returns None: the output is left as it is
+        stack.pop()
+
+    handles = [m.register_forward_pre_hook(enter) for m in names] + [m.register_forward_hook(leave) for m in names]
+    try:
+        with torch.no_grad():
+            call_model(model, example_inputs)
+    except Exception:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return stack[-1] if stack else ""
 
 
 def module_widths(model: nn.Module) -> dict[str, dict[str, int]]:

@@ -111,6 +111,9 @@ class MetaPrunerTrainer(Trainer):
         if eval_zoo is not None and eval_zoo.require_architecture() != self.architecture:
             raise ValueError(f"eval zoo holds {eval_zoo.require_architecture()} but the train zoo holds "
                              f"{self.architecture}; prune-and-probe needs the family the metanetwork learns")
+        for zoo in (train_zoo, eval_zoo):  # a text zoo with image data, other classes, other data: refuse now
+            if zoo is not None:
+                zoo.check_data(data)
         self.train_zoo, self.eval_zoo, self.data = train_zoo, eval_zoo, data
         super().__init__(model=model, args=args, train_dataset=_ZooIndex(len(train_zoo)),
                          eval_dataset=_ZooIndex(len(eval_zoo)) if eval_zoo is not None else None,
