@@ -6,10 +6,14 @@ so an exception (bad metadata, a full disk, Ctrl-C) leaves the earlier checkpoin
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from typing import Iterator
+
+PRUNED_CONFIG_NAME = "pruned_config.json"  # save_pruned's width specification, beside model.safetensors
+WEIGHT_FILE = re.compile(r"(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?")
 
 
 @contextmanager
@@ -105,3 +109,15 @@ def check_loading_info(info: dict, what: str, source: object = None) -> None:
         where = f" in {source}" if source is not None else ""
         raise ValueError(f"the checkpoint{where} does not match the {what} its config describes (missing, unexpected "
                          f"or wrongly shaped weights would be re-initialised or dropped): {detail}")
+
+
+def remove_stale_weights(directory: str, written: set[str]) -> None:
+    """After a ``save_pretrained`` into ``directory``: remove safetensors weights of an earlier save that the new
+    one did not replace (transformers loads ``model.safetensors`` before a sharded index, so a stale single file
+    beside a new sharded save would load the old weights). Pickle files are left alone: never loaded here."""
+    if not any(WEIGHT_FILE.fullmatch(n) for n in written):
+        return
+    for name in os.listdir(directory):
+        if (WEIGHT_FILE.fullmatch(name) and name.startswith("model") and name not in written
+                and os.path.isfile(os.path.join(directory, name))):
+            os.remove(os.path.join(directory, name))

@@ -10,12 +10,9 @@ channels of a hidden layer permutes the output network the same way.
 from __future__ import annotations
 
 import json
-import math
-import numbers
 import os
 import re
 import tempfile
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -26,7 +23,7 @@ from torch_geometric.nn import MessagePassing
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
 from . import model_card as _model_card
-from ._io import atomic_update, check_loading_info
+from ._io import PRUNED_CONFIG_NAME, WEIGHT_FILE, atomic_update, check_loading_info, remove_stale_weights
 from .configuration_metapruner import MetaPrunerConfig, looks_like_local_path, missing_local_path
 from .graph import NODE_KINDS, NetworkGraph, edge_kind_size, graph_to_model, model_to_graph
 
@@ -34,9 +31,7 @@ NUM_ROLES = 3
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-PRUNED_CNN_CONFIG = "pruned_config.json"  # hf_metaprune.save_pruned's checkpoints
 SAVE_HUB_KWARGS = ("repo_id", "commit_message", "private", "token", "revision", "create_pr")
-_WEIGHT_FILE = re.compile(r"(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?")
 _PICKLE_FILE = re.compile(r"pytorch_model(-\d{5}-of-\d{5})?\.bin(\.index\.json)?")
 
 
@@ -180,7 +175,7 @@ class MetaPrunerPreTrainedModel(PreTrainedModel):
                 os.rmdir(path)  # leave no empty folder behind a failed first save
             raise
         if written:
-            _remove_stale_weights(path, written)
+            remove_stale_weights(path, written)
         if push_to_hub and written:
             repo_id = hub.pop("repo_id", None) or os.path.basename(os.path.abspath(path))
             return self.push_to_hub(repo_id, **hub)
@@ -369,9 +364,9 @@ def _resolve_pretrained_source(source: Any, where: str, kwargs: dict) -> Any:
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{where}: '{path}' has no subfolder '{kwargs.get('subfolder')}'")
     names = set(os.listdir(folder))
-    if PRUNED_CNN_CONFIG in names and CONFIG_NAME not in names:
+    if PRUNED_CONFIG_NAME in names and CONFIG_NAME not in names:
         raise FileNotFoundError(f"{where}: '{folder}' holds a pruned network saved with hf_metaprune.save_pruned "
-                                f"({PRUNED_CNN_CONFIG}), not a metanetwork; load it with hf_metaprune.load_pruned")
+                                f"({PRUNED_CONFIG_NAME}), not a metanetwork; load it with hf_metaprune.load_pruned")
     if CONFIG_NAME not in names and not isinstance(kwargs.get("config"), MetaPrunerConfig):
         raise FileNotFoundError(f"{where}: '{folder}' has no {CONFIG_NAME}; a metanetwork folder written by "
                                 f"save_pretrained holds {CONFIG_NAME} and {WEIGHTS_NAME} (found: {sorted(names)})")
@@ -406,8 +401,8 @@ def _check_save_directory(save_directory: Any, where: str, overwrite_readme: boo
         return path
     names = set(os.listdir(path))
     found = []
-    if PRUNED_CNN_CONFIG in names:
-        found.append(f"a pruned network written by hf_metaprune.save_pruned ({PRUNED_CNN_CONFIG})")
+    if PRUNED_CONFIG_NAME in names:
+        found.append(f"a pruned network written by hf_metaprune.save_pruned ({PRUNED_CONFIG_NAME})")
     if "adapter_config.json" in names:
         found.append("a PEFT adapter (adapter_config.json)")
     if CONFIG_NAME in names:
@@ -421,8 +416,8 @@ def _check_save_directory(save_directory: Any, where: str, overwrite_readme: boo
             if model_type != MetaPrunerConfig.model_type:
                 found.append(f"a {CONFIG_NAME} of model_type {model_type!r}" if model_type else
                              f"a {CONFIG_NAME} without a model_type (e.g. a timm or other library's model)")
-    elif any(_WEIGHT_FILE.fullmatch(n) for n in names):
-        found.append(f"weights {sorted(n for n in names if _WEIGHT_FILE.fullmatch(n))} without a metanetwork "
+    elif any(WEIGHT_FILE.fullmatch(n) for n in names):
+        found.append(f"weights {sorted(n for n in names if WEIGHT_FILE.fullmatch(n))} without a metanetwork "
                      f"{CONFIG_NAME} beside them")
     if found:
         raise FileExistsError(f"{where}: '{path}' already holds {', and '.join(found)}; saving a metanetwork there "
@@ -453,17 +448,6 @@ def _check_config_serialisable(config: MetaPrunerConfig, where: str) -> None:
                 bad.append(f"{key}={value!r} ({type(value).__name__})")
         raise TypeError(f"{where}: the config cannot be written as JSON: {'; '.join(bad) or e}. Config attributes "
                         "must be plain numbers, strings, bools, lists or dicts.") from e
-
-
-def _remove_stale_weights(directory: str, written: set[str]) -> None:
-    """Remove safetensors weights of an earlier save that the new one did not replace and that would shadow it
-    (transformers loads ``model.safetensors`` before a sharded index). Pickle files are left alone: never loaded."""
-    if not any(_WEIGHT_FILE.fullmatch(n) for n in written):
-        return
-    for name in os.listdir(directory):
-        if (_WEIGHT_FILE.fullmatch(name) and name.startswith("model") and name not in written
-                and os.path.isfile(os.path.join(directory, name))):
-            os.remove(os.path.join(directory, name))
 
 
 AutoConfig.register("metapruner", MetaPrunerConfig)

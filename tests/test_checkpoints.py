@@ -4,6 +4,7 @@ import os
 
 import datasets
 import pytest
+import timm
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import (AutoModelForSequenceClassification, BertConfig, BertForMaskedLM,
@@ -296,3 +297,24 @@ def test_d_check_data_refuses_a_text_zoo_with_image_data_and_other_data(tmp_path
     zoo.check_data(image_data(seed=3), same_data=False)  # deliberate transfer
     with pytest.raises(TypeError, match="ImageClassificationData or TextClassificationData"):
         zoo.check_data({"pixel_values": torch.zeros(1)})
+
+
+def test_frozen_parameters_stay_frozen_through_save_and_reload(tmp_path):
+    model = timm.create_model("cifar_resnet20", num_classes=10)
+    model.requires_grad_(False)
+    model.fc.requires_grad_(True)
+    x = torch.randn(1, 3, 32, 32)
+    pruned = hm.prune_to_speedup(model, x, 1.5).model
+    hm.save_pruned(pruned, tmp_path / "cnn")
+    loaded = hm.load_pruned(tmp_path / "cnn")
+    assert [n for n, p in loaded.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
+
+    torch.manual_seed(0)
+    bert = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                                    num_attention_heads=4, intermediate_size=64, num_labels=3))
+    bert.bert.encoder.requires_grad_(False)
+    flags = {n: p.requires_grad for n, p in bert.named_parameters()}
+    ids = {"input_ids": torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0))}
+    hm.prune_to_speedup(bert, ids, 1.5).model.save_pretrained(tmp_path / "bert")
+    again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "bert")
+    assert {n: p.requires_grad for n, p in again.named_parameters()} == flags

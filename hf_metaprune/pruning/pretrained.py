@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import re
 import sys
 
 import torch
@@ -22,15 +21,14 @@ from transformers import (AutoConfig, AutoModel, AutoModelForImageClassification
                           BertForSequenceClassification, BertModel, PreTrainedModel, ViTForImageClassification,
                           ViTModel)
 
-from .._io import atomic_update, check_loading_info
+from .._io import PRUNED_CONFIG_NAME, atomic_update, check_loading_info, remove_stale_weights
 from ..graph.attention import find_attention_modules, sync_head_counts
 from . import shapes as shapes_module
-from .shapes import shrink_to_shapes
+from .shapes import freeze, frozen_parameters, shrink_to_shapes
 
-PRUNED_FIELDS = ("pruned_shapes", "pruned_attention_heads", "auto_map")
+PRUNED_FIELDS = ("pruned_shapes", "pruned_attention_heads", "frozen_parameters", "auto_map")
 REMOTE_CODE_FILE = "modeling_metaprune.py"
 HUB_KWARGS = ("repo_id", "commit_message", "commit_description", "private", "token", "revision", "create_pr", "tags")
-PRUNED_CNN_CONFIG = "pruned_config.json"  # hf_metaprune.save_pruned's checkpoints: not to be overwritten
 AUTO_CLASSES = (AutoModel, AutoModelForImageClassification, AutoModelForSequenceClassification)
 _PRUNED_CLASSES: dict[type, type] = {}
 
@@ -68,11 +66,12 @@ def pruned_model_class(base_class: type[PreTrainedModel]) -> type[PreTrainedMode
         if os.path.exists(path) and not os.path.isdir(path):
             raise NotADirectoryError(f"{type(self).__name__}.save_pretrained: save_directory '{path}' is a file; "
                                      "expected a folder")
-        if os.path.isfile(os.path.join(path, PRUNED_CNN_CONFIG)):
+        if os.path.isfile(os.path.join(path, PRUNED_CONFIG_NAME)):
             raise FileExistsError(f"{type(self).__name__}.save_pretrained: '{path}' holds a save_pruned checkpoint "
-                                  f"({PRUNED_CNN_CONFIG}); saving here would overwrite its model.safetensors. Choose "
+                                  f"({PRUNED_CONFIG_NAME}); saving here would overwrite its model.safetensors. Choose "
                                   "another folder.")
         remote = REMOTE_CODE_FILE.removesuffix(".py")
+        self.config.frozen_parameters = frozen_parameters(self)  # requires_grad survives the reload
         self.config.auto_map = {"AutoConfig": f"{remote}.{config_class.__name__}",
                                 **{a.__name__: f"{remote}.{type(self).__name__}" for a in autos}}
         code = _remote_code(base_config, base_class, config_class.__name__, type(self).__name__, model_type)
@@ -84,7 +83,7 @@ def pruned_model_class(base_class: type[PreTrainedModel]) -> type[PreTrainedMode
                 with open(os.path.join(tmp, REMOTE_CODE_FILE), "w") as f:
                     f.write(code)
         if written:
-            _remove_stale_weights(path, written)
+            remove_stale_weights(path, written)
         if push_to_hub and written:  # uploads a fresh save of the same files, modeling_metaprune.py included
             repo_id = hub.pop("repo_id", os.path.basename(os.path.abspath(path)))
             return self.push_to_hub(repo_id, **hub)
@@ -106,6 +105,7 @@ def pruned_model_class(base_class: type[PreTrainedModel]) -> type[PreTrainedMode
             raise ValueError(f"{klass.__name__}.from_pretrained: the weights in {source} are not a readable "
                              f"safetensors file: {e}") from e
         check_loading_info(info, klass.__name__, source)
+        freeze(model, getattr(model.config, "frozen_parameters", None) or [], f"the config in {source}")
         return (model, info) if want_info else model
 
     cls = type(f"MetaPruned{base_class.__name__}", (base_class,),
@@ -116,20 +116,6 @@ def pruned_model_class(base_class: type[PreTrainedModel]) -> type[PreTrainedMode
         auto.register(config_class, cls, exist_ok=True)
     _PRUNED_CLASSES[base_class] = cls
     return cls
-
-
-def _remove_stale_weights(directory: str, written: set[str]) -> None:
-    """Remove weight files of an earlier save that the new one did not replace and that would shadow it.
-
-    transformers loads ``model.safetensors`` before a sharded index, so a stale single file left beside a new
-    sharded save (or a stale index / shard beside a new single file) would load the old weights.
-    """
-    weights = re.compile(r"(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?")
-    if not any(weights.fullmatch(name) for name in written):
-        return
-    for name in os.listdir(directory):
-        if weights.fullmatch(name) and name not in written and os.path.isfile(os.path.join(directory, name)):
-            os.remove(os.path.join(directory, name))
 
 
 def attach_pruned_config(model: PreTrainedModel) -> PreTrainedModel:
@@ -195,6 +181,7 @@ class {class_name}({base_class.__name__}):
                     ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")}}
         if problems:
             raise ValueError(f"the checkpoint does not match the {{cls.__name__}} its config describes: {{problems}}")
+        freeze(model, getattr(model.config, "frozen_parameters", None) or [], "the config")
         return (model, info) if want_info else model
 """
 

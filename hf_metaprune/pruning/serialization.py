@@ -16,10 +16,11 @@ import torch_pruning as tp
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .._io import atomic_files
+from .._io import PRUNED_CONFIG_NAME, atomic_files
+from .shapes import freeze, frozen_parameters
 from .speedup import module_widths
 
-CONFIG_NAME = "pruned_config.json"
+CONFIG_NAME = PRUNED_CONFIG_NAME
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
 
@@ -74,7 +75,7 @@ def save_pruned(model: nn.Module, save_directory: str | os.PathLike, architectur
                             f"JSON-serialisable, so it cannot be stored in {CONFIG_NAME}; pass plain numbers, strings, "
                             f"bools, lists or dicts ({e})") from e
     spec = {"format_version": FORMAT_VERSION, "library": "timm", "architecture": architecture,
-            "model_kwargs": kwargs, "widths": module_widths(model)}
+            "model_kwargs": kwargs, "widths": module_widths(model), "frozen_parameters": frozen_parameters(model)}
     config_text = json.dumps(spec, indent=2)  # fails here, before any file is touched
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     _check_save_directory(save_directory)
@@ -155,8 +156,10 @@ def load_pruned(directory: str | os.PathLike, device: str | torch.device = "cpu"
         state = load_file(weights_path, device="cpu")
     except Exception as e:  # safetensors raises its own error types for truncated or corrupt files
         raise ValueError(f"{weights_path} is not a readable safetensors file: {e}") from e
-    return rebuild_pruned(architecture, model_kwargs, widths, state,
-                          source=f"{weights_path} (described by {CONFIG_NAME})").to(device).eval()
+    model = rebuild_pruned(architecture, model_kwargs, widths, state,
+                           source=f"{weights_path} (described by {CONFIG_NAME})")
+    freeze(model, spec.get("frozen_parameters", []), config_path)
+    return model.to(device).eval()
 
 
 def rebuild_pruned(architecture: str, model_kwargs: dict[str, Any], widths: dict[str, dict[str, int]],

@@ -45,3 +45,18 @@ def shrink_to_shapes(model: nn.Module, shapes: dict, head_counts: dict) -> None:
         head_dim = next(getattr(m, a) for a in HEAD_SIZE_ATTRS if isinstance(getattr(m, a, None), int))
         if hasattr(m, "all_head_size"):
             m.all_head_size = heads * head_dim
+
+
+def frozen_parameters(model: nn.Module) -> list[str]:
+    """Names of the parameters that do not require gradients (a frozen backbone): saved with the weights."""
+    return [n for n, p in model.named_parameters() if not p.requires_grad]
+
+
+def freeze(model: nn.Module, names: list[str], source: str) -> None:
+    """Set ``requires_grad=False`` on the parameters ``names`` (as :func:`frozen_parameters` recorded them)."""
+    params = dict(model.named_parameters())
+    unknown = [n for n in names if n not in params] if isinstance(names, list) else names
+    if unknown:
+        raise ValueError(f"{source}: frozen_parameters must list parameters of the model, got {unknown!r}")
+    for n in names:
+        params[n].requires_grad_(False)
