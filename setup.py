@@ -9,18 +9,18 @@ setup(
     packages=find_packages(include=["hf_metaprune", "hf_metaprune.*"]),
     package_data={"hf_metaprune": ["model_cards/*.md"]},
     python_requires=">=3.10",
+    # Lowest versions checked by the test suite (torch 2.14.1 / torchvision 0.29.1); no upper pins.
     install_requires=[
-        "torch>=2.3",
+        "torch>=2.3",  # not checked below 2.14.1 here
         "torchvision",
-        "timm>=1.0",
+        "timm>=1.0.3",
         "transformers>=5.0",
-        "accelerate>=1.0",
-        "datasets>=3.0",
-        "huggingface-hub>=1.0",
+        "accelerate>=1.3",  # transformers 5's Trainer passes keep_torch_compile
+        "datasets>=4.0",  # pixel-array image columns need datasets>=5.0 beside torchvision>=0.29
+        "huggingface-hub>=1.3",
         "torch-geometric>=2.5",
-        "evaluate>=0.4",
-        "torch-pruning>=1.5",
-        "safetensors>=0.4",
+        "torch-pruning>=1.5.3",  # 1.5.2 cannot group ConvNeXt, 1.5.1 lacks GroupMagnitudeImportance
+        "safetensors>=0.4.3",
         "jinja2",  # model cards
     ],
     extras_require={

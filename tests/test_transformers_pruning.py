@@ -108,7 +108,10 @@ def test_per_layer_head_counts_can_differ():
         for p in weak.projections:
             p.weight[weak.head_dim:] *= 1e-3
             p.bias[weak.head_dim:] *= 1e-3
-        model.vit.layers[0].attention.o_proj.weight[:, weak.head_dim:] *= 1e-3
+        layer = weak.path.rsplit(".attention", 1)[0] + "."  # its output projection: o_proj or attention.output.dense
+        output = next(m for n, m in model.named_modules()
+                      if n.startswith(layer) and n.endswith(("o_proj", "attention.output.dense")))
+        output.weight[:, weak.head_dim:] *= 1e-3
         for p in strong.projections:
             p.weight *= 10
     result = hm.prune_to_speedup(model, VIT_INPUT, 1.3)
