@@ -166,7 +166,7 @@ def prune_to_speedup(
     example_inputs: Any,
     speed_up: float,
     importance: str | tp.importance.Importance | None = "group_l2",
-    ignored_layers: list[nn.Module] | None = None,
+    ignored_layers: list[nn.Module] | nn.Module | None = None,
     tolerance: float = 0.01,
     max_pruning_ratio: float = 0.95,
     max_steps: int = 200,
@@ -177,9 +177,11 @@ def prune_to_speedup(
 
     Args:
         importance: "group_l2" (default), "group_l1", "random", or any Torch-Pruning importance.
-        ignored_layers: modules whose output channels are never pruned (output channels of the model — e.g.
-            the classifier's classes — are never pruned in any case).
-        tolerance: the achieved speed-up lands in ``[speed_up, speed_up·(1 + tolerance)]``.
+        ignored_layers: modules (or one module; a container stands for every layer in it) whose output channels
+            are never pruned (output channels of the model — e.g. the classifier's classes — never are anyway).
+        tolerance: the achieved speed-up lands in ``[speed_up, speed_up·(1 + tolerance)]``; when only units too
+            coarse for that are left (whole heads), the one landing closest above is removed and
+            ``PruneResult.note`` says so. An unreachable target raises ``ValueError`` naming what blocks it.
         max_pruning_ratio: at most this fraction of a group's channels is removed.
         inplace: prune ``model`` itself instead of a copy (it is only changed once pruning has succeeded).
         prune_hidden: transformers only — also prune the residual-stream (hidden) width. Default: False for
