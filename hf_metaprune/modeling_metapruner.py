@@ -342,16 +342,20 @@ def _require_graph(graph: Any, what: str) -> NetworkGraph:
     return graph
 
 
+def _path_argument(value: Any, argument: str, expected: str, where: str) -> str:
+    """``value`` (str or os.PathLike) as a str path, or a TypeError naming ``argument``."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{where}: {argument} must be {expected} (str or os.PathLike), got {value!r} "
+                        f"({type(value).__name__})")
+    path = os.fspath(value)
+    return os.fsdecode(path) if isinstance(path, bytes) else path
+
+
 def _resolve_pretrained_source(source: Any, where: str, kwargs: dict) -> Any:
     """``source`` for transformers: a checked local folder, or a Hub repo id left as it is."""
     if source is None:  # transformers' config= + state_dict= loading
         return None
-    if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"{where}: pretrained_model_name_or_path must be a local folder or a Hub repo id (str or "
-                        f"os.PathLike), got {source!r} ({type(source).__name__})")
-    path = os.fspath(source)
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
+    path = _path_argument(source, "pretrained_model_name_or_path", "a local folder or a Hub repo id", where)
     local = os.path.expanduser(path)
     if not os.path.isdir(local):
         if os.path.exists(local):
@@ -388,12 +392,7 @@ def _resolve_pretrained_source(source: Any, where: str, kwargs: dict) -> Any:
 
 def _check_save_directory(save_directory: Any, where: str, overwrite_readme: bool) -> str:
     """Refuse, before anything is written, a path whose contents saving a metanetwork would destroy."""
-    if not isinstance(save_directory, (str, os.PathLike)):
-        raise TypeError(f"{where}: save_directory must be a folder path (str or os.PathLike), got "
-                        f"{save_directory!r} ({type(save_directory).__name__})")
-    path = os.fspath(save_directory)
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
+    path = _path_argument(save_directory, "save_directory", "a folder path", where)
     if os.path.exists(path) and not os.path.isdir(path):
         raise NotADirectoryError(f"{where}: save_directory '{path}' is a file; expected a folder (it is created if "
                                  "missing)")
