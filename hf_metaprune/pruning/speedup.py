@@ -222,14 +222,14 @@ def _prune_copy(model: nn.Module, example_inputs: Any, ignored_names: set[str], 
     head_dims = {p: a.head_dim for a in attention for p in a.projections}
     prune_hidden = not attention if prune_hidden is None else prune_hidden
     dg = build_dependency_graph(model, example_inputs)  # checks the example inputs first
-    macs0, params0 = count_macs_and_params(model, example_inputs)
+    macs, layer_macs = _count_macs(model, example_inputs)  # one counting forward serves the start and step 1
+    macs0, params0 = macs, sum(p.numel() for p in model.parameters())
     target, floor = macs0 / speed_up, macs0 / (speed_up * (1 + tolerance))
     ignored = {model.get_submodule(n) for n in ignored_names}
     # never touched in any role: pruning one side of tied weights would untie them
     untouchable = {model.get_submodule(n.rpartition(".")[0]) for names in _tied_parameters(model) for n in names}
     initial: dict[int, int] = {}
     steps, note = 0, ""
-    macs, layer_macs = _count_macs(model, example_inputs)
     while macs > target:
         if steps >= max_steps:
             raise RuntimeError(f"did not reach {speed_up}x in {max_steps} steps (at {macs0 / macs:.3f}x)")
