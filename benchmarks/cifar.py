@@ -43,6 +43,16 @@ from hf_metaprune.pruning.speedup import module_widths  # noqa: E402
 from hf_metaprune.training import evaluate_accuracy, pre_prune  # noqa: E402
 
 PRESETS: dict[str, dict] = {
+    # converged ResNet-20s (>= 84 % test) on the full CIFAR-10 training split; <= 2 h on 2 idle CPU cores once the
+    # models exist (training them: python benchmarks/cifar.py --preset cpu --models_only, ~15 min each with bf16)
+    "cpu": dict(
+        architecture="cifar_resnet20", dataset="../shared/data/cifar10", max_train_samples=0, val_size=5000,
+        num_seeds=3, base_epochs=20.0, base_learning_rate=0.2, base_warmup=0.15, bf16=True, num_zoo_models=10,
+        num_eval_zoo_models=2, zoo_prune_speed_up=[1.6, 1.0, 1.3, 1.0], zoo_finetune_epochs=3.0,
+        zoo_finetune_learning_rate=0.02, hidden_size=32, num_layers=4, meta_max_steps=150, meta_eval_steps=25,
+        meta_learning_rate=[1e-3], meta_sparsity_lambda=[3e-2], meta_sparsity_relative=[True],
+        meta_residual_scale=[0.1], task_batch_size=64, task_batches_per_step=2,
+        speed_ups=[2.0, 3.0], pre_epochs=3.0, post_epochs=6.0, sl_lambda=2.5e-3),
     # ~80 min on 2 idle CPU cores: 20k training images (2k of them validation), 8-epoch base models
     "cpu-small": dict(
         architecture="cifar_resnet20", dataset="../shared/data/cifar10", max_train_samples=20000, val_size=2000,
@@ -55,7 +65,7 @@ PRESETS: dict[str, dict] = {
     # the published ResNet-56 protocol (GPU): 200-epoch base models, 10 data models, 100 + 100 finetuning epochs
     "paper": dict(
         architecture="cifar_resnet56", dataset="../shared/data/cifar10", max_train_samples=0, val_size=5000,
-        num_seeds=3, base_epochs=200.0, num_zoo_models=10, num_eval_zoo_models=2, zoo_prune_speed_up=1.3,
+        num_seeds=3, base_epochs=200.0, num_zoo_models=10, num_eval_zoo_models=2, zoo_prune_speed_up=[1.3],
         zoo_finetune_epochs=20.0, hidden_size=64, num_layers=8, meta_residual_scale=[0.01], meta_max_steps=2000,
         meta_eval_steps=200, meta_learning_rate=[1e-3], meta_sparsity_lambda=[3e-3], meta_sparsity_relative=[False],
         task_batch_size=128, task_batches_per_step=8, speed_ups=[2.3, 3.0], pre_epochs=100.0, post_epochs=100.0,
@@ -64,7 +74,7 @@ PRESETS: dict[str, dict] = {
     "paper-vgg19": dict(
         architecture="cifar_vgg19_bn", dataset="uoft-cs/cifar100", label_column="fine_label", max_train_samples=0,
         val_size=5000, num_seeds=3, base_epochs=200.0, num_zoo_models=10, num_eval_zoo_models=2,
-        zoo_prune_speed_up=1.3, zoo_finetune_epochs=20.0, hidden_size=32, num_layers=8, meta_residual_scale=[0.05],
+        zoo_prune_speed_up=[1.3], zoo_finetune_epochs=20.0, hidden_size=32, num_layers=8, meta_residual_scale=[0.05],
         meta_max_steps=2000, meta_eval_steps=200, meta_learning_rate=[1e-3], meta_sparsity_lambda=[3e-3],
         meta_sparsity_relative=[False], task_batch_size=128, task_batches_per_step=8, speed_ups=[8.95],
         pre_epochs=100.0, post_epochs=100.0, sl_lambda=2.5e-4),
@@ -95,11 +105,15 @@ class BenchmarkArguments:
     num_seeds: int = field(default=3, metadata={"help": "base models = seeds 0..num_seeds-1"})
     base_epochs: float = field(default=8.0)
     base_learning_rate: float = field(default=0.1)
+    base_warmup: float = field(default=0.0, metadata={"help": "warm-up fraction of the base / zoo schedule"})
     batch_size: int = field(default=128)
+    bf16: bool = field(default=False, metadata={"help": "bf16 autocast for all training (2x on CPUs with AMX)"})
     num_zoo_models: int = field(default=4, metadata={"help": "data models (further seeds), incl. held-out ones"})
     num_eval_zoo_models: int = field(default=1, metadata={"help": "data models held out for prune-and-probe"})
-    zoo_prune_speed_up: float = field(default=0.0, metadata={"help": "lightly prune data models (0: no)"})
+    zoo_prune_speed_up: list[float] = field(default_factory=lambda: [1.0], metadata={
+        "help": "lightly prune data models to vary widths; cycles over seeds (1.0: unpruned)"})
     zoo_finetune_epochs: float = field(default=0.0)
+    zoo_finetune_learning_rate: float | None = field(default=None, metadata={"help": "default: base_learning_rate"})
     # metanetwork
     hidden_size: int = field(default=32)
     num_layers: int = field(default=4)
@@ -122,6 +136,7 @@ class BenchmarkArguments:
     latency_batch_size: int = field(default=64)
     latency_runs: int = field(default=10)
     disable_tqdm: bool = field(default=True)
+    models_only: bool = field(default=False, metadata={"help": "train the base and zoo models, then stop"})
 
     def __post_init__(self):
         self.output_dir = self.output_dir or f"outputs/cifar-{self.preset}"
@@ -290,6 +305,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cpu = not torch.cuda.is_available()
     common = dict(report_to="none", disable_tqdm=args.disable_tqdm, use_cpu=cpu)
+    if args.bf16:
+        common["bf16"] = True
     finetune_kwargs = dict(batch_size=args.batch_size, learning_rate=args.finetune_learning_rate, logging_steps=50,
                            **common)
     cache = Cache(args.output_dir)
@@ -302,19 +319,23 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"{args.preset}: {args.architecture} on {args.dataset}: {len(data.train)} train / "
         f"{len(data.validation)} validation / {len(data.test)} test images, {torch.get_num_threads()} threads")
 
-    # 1. base models (seeds 0..S-1) and the zoo (seeds S..S+Z-1): one training recipe
+    # 1. the zoo (seeds S..S+Z-1) and the base models (seeds 0..S-1): one training recipe
     t = time.time()
-    zoo_kwargs = dict(batch_size=args.batch_size, learning_rate=args.base_learning_rate, logging_steps=50, **common)
+    zoo_kwargs = dict(batch_size=args.batch_size, learning_rate=args.base_learning_rate, logging_steps=50,
+                      warmup_steps=args.base_warmup, **common)
+    zoo = hm.train_zoo(args.architecture, data, os.path.join(args.output_dir, "zoo"), num_models=args.num_zoo_models,
+                       epochs=args.base_epochs, seed=args.num_seeds, prune_speed_up=args.zoo_prune_speed_up,
+                       finetune_epochs=args.zoo_finetune_epochs,
+                       finetune_learning_rate=args.zoo_finetune_learning_rate, **zoo_kwargs)
+    train_zoo, eval_zoo = zoo.split(args.num_eval_zoo_models)
+    cache.add_seconds("zoo", time.time() - t)
+    t = time.time()
     bases = hm.train_zoo(args.architecture, data, os.path.join(args.output_dir, "base"), num_models=args.num_seeds,
                          epochs=args.base_epochs, seed=0, **zoo_kwargs)
     cache.add_seconds("base_models", time.time() - t)
-    t = time.time()
-    zoo = hm.train_zoo(args.architecture, data, os.path.join(args.output_dir, "zoo"), num_models=args.num_zoo_models,
-                       epochs=args.base_epochs, seed=args.num_seeds, prune_speed_up=args.zoo_prune_speed_up or None,
-                       finetune_epochs=args.zoo_finetune_epochs, **zoo_kwargs)
-    train_zoo, eval_zoo = zoo.split(args.num_eval_zoo_models)
-    cache.add_seconds("zoo", time.time() - t)
     log(f"base models: val {list(bases.dataset['val_accuracy'])}; zoo: val {list(zoo.dataset['val_accuracy'])}")
+    if args.models_only:
+        return {}
 
     # 2. meta-training: every candidate, selected by prune-and-probe accuracy on the validation split
     t = time.time()

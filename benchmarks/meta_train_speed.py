@@ -106,7 +106,7 @@ class Bench:
             tensors = self.trainer.model(self.target.graph).tensors()
         self.leaves = {n: tensors[n].detach().requires_grad_() for n in self.target.param_names}
         with self._k(1):
-            self.batch = self.trainer._task_batches(0)[0]
+            self.batch = self.trainer._task_batches(0)[0][0]
 
     @contextlib.contextmanager
     def _k(self, k: int):
@@ -147,7 +147,7 @@ class Bench:
         tr, target, args = self.trainer, self.target, self.trainer.args
         tr.model.train()
         with self._k(1):
-            batch = tr._task_batches(0)[0]  # same draw as `ours` at this global_step (collation included)
+            batch = tr._task_batches(0)[0][0]  # same draw as `ours` at this global_step (collation included)
         tensors = tr.model(target.graph).tensors()
         params = {n: tensors[n] for n in target.param_names}
         logits = functional_call(target.module, {**params, **target.buffers}, (batch["pixel_values"],))

@@ -162,8 +162,8 @@ def test_non_finite_loss_stops_clearly_and_keeps_the_last_good_checkpoint(tiny_z
     compute = trainer._task_gradient
 
     def poisoned(target, params, index):
-        ce, grads = compute(target, params, index)
-        return (ce * float("nan"), grads) if trainer.state.global_step >= 1 else (ce, grads)
+        ce, grads, stats = compute(target, params, index)
+        return (ce * float("nan"), grads, stats) if trainer.state.global_step >= 1 else (ce, grads, stats)
 
     trainer._task_gradient = poisoned
     with pytest.raises(FloatingPointError, match="non-finite.*step 1.*checkpoint"):

@@ -3,10 +3,16 @@
 Training examples are data models from a zoo. One optimizer step, per data model:
 
 1. ``W' = M(G(W))`` — one forward of the metanetwork, differentiable in ``M``'s parameters;
-2. ``g = Σ_b ∂CE(f(x_b; W'), y_b)/∂W'`` over ``task_batches_per_step`` task batches, with ``W'`` detached
+2. ``g = Σ_b ∂T(W'; x_b, y_b)/∂W'`` over ``task_batches_per_step`` task batches, with ``W'`` detached
    (``torch.func.functional_call``; the target stays in eval mode so BN uses its stored statistics);
 3. one backward through the GNN of the surrogate ``⟨W', g⟩ + λ·Σ γ_u ||W'_u||²``, whose gradient in ``M`` equals
    that of the full loss — the published code instead backpropagated through the GNN once per task batch.
+
+The task term ``T`` (:func:`task_loss`) is the published ``CE(f(x; W'))`` mixed with its *pruning-aware* version
+``CE(f(x; W' ⊙ m))``: ``m`` masks out the units that ``prune_to_speedup`` would remove from ``W'`` at a target
+speed-up (sampled per step from ``prune_aware_speed_ups``), so the metanetwork learns to move what the network
+knows out of what will be cut — the published objective never looks at the pruned network. Optionally both
+terms distil from the untransformed data model's outputs.
 
 Task batches are drawn from a generator seeded by (seed, step, data model), so results do not depend on the
 number of processes and a resumed run continues exactly. Evaluation is *prune-and-probe* on held-out data
@@ -44,6 +50,15 @@ class MetaPrunerTrainingArguments(TrainingArguments):
     sparsity_alpha: float = field(default=16.0, metadata={"help": "α of DepGraph's per-unit weights γ"})
     sparsity_relative: bool = field(default=False, metadata={
         "help": "divide each unit's term by its group's mean squared norm: scale-free, rewards concentration only"})
+    prune_aware_weight: float = field(default=0.0, metadata={
+        "help": "share β of the task loss on W' with the units pruning would remove masked out (1 − β on W')"})
+    prune_aware_speed_ups: list[float] | None = field(default=None, metadata={
+        "help": "MACs speed-ups the pruning-aware term masks for, one drawn per step and data model "
+                "(default: probe_speed_up)"})
+    prune_aware_temperature: float = field(default=0.0, metadata={
+        "help": "0: hard mask (constant); > 0: straight-through sigmoid of the criterion's score at this temperature"})
+    distill_weight: float = field(default=0.0, metadata={
+        "help": "share of each task term replaced by the KL divergence (T=4) to the untransformed model's outputs"})
     task_batch_size: int = field(default=128, metadata={"help": "images per task batch"})
     task_batches_per_step: int = field(default=8, metadata={"help": "task batches per GNN backward"})
     weak_group_threshold: float = field(default=0.5, metadata={
@@ -61,6 +76,15 @@ class MetaPrunerTrainingArguments(TrainingArguments):
         if self.metric_for_best_model is None:
             self.metric_for_best_model = "probe_accuracy"
         super().__post_init__()
+        for name in ("prune_aware_weight", "distill_weight"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.prune_aware_temperature < 0:
+            raise ValueError(f"prune_aware_temperature must be >= 0, got {self.prune_aware_temperature}")
+        speed_ups = self.prune_aware_speed_ups
+        if speed_ups is not None and (not speed_ups or any(not v > 1.0 for v in speed_ups)):
+            raise ValueError(f"prune_aware_speed_ups must be a non-empty list of MACs speed-ups > 1, got {speed_ups}")
         if self.gradient_accumulation_steps != 1:
             raise ValueError("MetaPrunerTrainer accumulates over task batches itself (task_batches_per_step) to "
                              "backpropagate through the GNN once per step; leave gradient_accumulation_steps=1")
@@ -147,10 +171,13 @@ class MetaPrunerTrainer(Trainer):
                                            groups.unit_sq_norms(params).detach().sqrt())
         return self._targets[index]
 
-    def _task_batches(self, index: int) -> list[dict[str, torch.Tensor]]:
-        """Deterministic in (seed, step, data model): independent of process count, exact on resume."""
+    def _task_batches(self, index: int) -> tuple[list[dict[str, torch.Tensor]], float]:
+        """Task batches and the pruning-aware speed-up of one step; deterministic in (seed, step, data model):
+        independent of process count, exact on resume."""
         args = self.args
         g = torch.Generator().manual_seed(_seed(args.seed, self.state.global_step, index))
+        speed_ups = args.prune_aware_speed_ups or [args.probe_speed_up]
+        speed_up = speed_ups[int(torch.randint(len(speed_ups), (1,), generator=g))]
         n, b, k = len(self.data.train), args.task_batch_size, args.task_batches_per_step
         order = torch.randperm(n, generator=g)[: b * k] if b * k <= n else torch.randint(n, (b * k,), generator=g)
         collate = self.data.collator(augment=True, generator=g)
@@ -158,7 +185,7 @@ class MetaPrunerTrainer(Trainer):
         for j in range(k):
             batch = collate([self.data.train[int(i)] for i in order[j * b:(j + 1) * b]])
             batches.append({key: v.to(args.device) for key, v in batch.items()})
-        return batches
+        return batches, speed_up
 
     # ---- objective --------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -170,14 +197,15 @@ class MetaPrunerTrainer(Trainer):
         for index, target, new_graph in zip(indices, targets, new_graphs):
             tensors = new_graph.tensors()
             params = {n: tensors[n] for n in target.param_names}
-            ce, grads = self._task_gradient(target, params, index)
+            ce, grads, task_stats = self._task_gradient(target, params, index)
             penalty, norms = sparsity_penalty(target.groups, params, args.sparsity_alpha, args.sparsity_relative)
             inner = sum((params[n] * grads[n]).sum() for n in params)
             surrogate = surrogate + inner + args.sparsity_lambda * penalty
             value = value + ce + args.sparsity_lambda * penalty.detach()
             stats = group_norm_stats(target.groups, norms, args.weak_group_threshold, target.unit_norms)
             penalty_value = float(penalty.detach())
-            stats.update(ce_loss=float(ce), sparsity_loss=penalty_value, sparsity_term=args.sparsity_lambda * penalty_value)
+            stats.update(task_stats, task_loss=float(ce), sparsity_loss=penalty_value,
+                         sparsity_term=args.sparsity_lambda * penalty_value)
             for k, v in stats.items():
                 self._log_sums[k] += v
             self._log_count += 1
@@ -193,16 +221,30 @@ class MetaPrunerTrainer(Trainer):
         return (loss, new_graphs) if return_outputs else loss
 
     def _task_gradient(self, target: _Target, params: dict[str, torch.Tensor], index: int):
+        """The task loss summed over the step's batches, its gradient in ``W'`` (detached) and its parts."""
+        args = self.args
         leaves = {n: p.detach().requires_grad_() for n, p in params.items()}
         state = {**leaves, **target.buffers}
-        batches = self._task_batches(index)
+        batches, speed_up = self._task_batches(index)
+        removed = None
+        if args.prune_aware_weight > 0:
+            removed = target.groups.pruned_units(leaves, speed_up)
         total = torch.zeros((), device=self.args.device)
+        stats: dict[str, float] = defaultdict(float)
         for batch in batches:
-            logits = classifier_logits(target.module, batch, state)
-            ce = F.cross_entropy(logits, batch["labels"]) / len(batches)
-            ce.backward()
-            total += ce.detach()
-        return total, {n: leaf.grad for n, leaf in leaves.items()}
+            teacher = None
+            if args.distill_weight > 0:
+                with torch.no_grad():
+                    teacher = classifier_logits(target.module, batch)  # the untransformed data model
+            loss, parts = task_loss(target.module, state, batch, target.groups, removed, args.prune_aware_weight,
+                                    args.prune_aware_temperature, teacher, args.distill_weight)
+            (loss / len(batches)).backward()
+            total += loss.detach() / len(batches)
+            for k, v in parts.items():
+                stats[k] += v / len(batches)
+        if removed is not None:
+            stats["pruned_unit_fraction"] = float(removed.float().mean())
+        return total, {n: leaf.grad for n, leaf in leaves.items()}, dict(stats)
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         """Add the objective's terms and group-norm statistics (averaged over processes) to training logs."""
@@ -283,6 +325,39 @@ class MetaPrunerTrainer(Trainer):
             with open(os.path.join(best, "config.json")) as f:
                 config.validation_scores = json.load(f).get("validation_scores")
         return output
+
+
+def task_loss(module: nn.Module, state: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
+              groups: ChannelGroups | None = None, removed: torch.Tensor | None = None,
+              prune_aware_weight: float = 0.0, temperature: float = 0.0, teacher_logits: torch.Tensor | None = None,
+              distill_weight: float = 0.0, distill_temperature: float = 4.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """The meta-training task term on one batch, differentiable in the tensors of ``state`` (``module``'s
+    parameters and buffers by name, e.g. a metanetwork's output ``W'``).
+
+    ``(1 − β)·ℓ(f(x; W')) + β·ℓ(f(x; W' ⊙ m))`` with ``β = prune_aware_weight`` and ``m`` the keep mask of the
+    ``removed`` units (:meth:`ChannelGroups.pruned_units`); ``ℓ`` is cross-entropy, with ``distill_weight`` of it
+    replaced by the KL divergence to ``teacher_logits``. Returns the loss and its parts as floats.
+    """
+    def term(logits: torch.Tensor) -> tuple[torch.Tensor, float]:
+        ce = F.cross_entropy(logits, batch["labels"])
+        if teacher_logits is None or distill_weight <= 0:
+            return ce, float(ce.detach())
+        t = distill_temperature
+        kd = F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(teacher_logits / t, -1), reduction="batchmean",
+                      log_target=True) * t * t
+        return (1 - distill_weight) * ce + distill_weight * kd, float(ce.detach())
+
+    loss, parts = torch.zeros((), device=batch["labels"].device), {}
+    if prune_aware_weight < 1.0:
+        full, parts["ce_loss"] = term(classifier_logits(module, batch, state))
+        loss = loss + (1 - prune_aware_weight) * full
+    if prune_aware_weight > 0.0:
+        if groups is None or removed is None:
+            raise ValueError("task_loss: prune_aware_weight > 0 needs the channel groups and the removed units")
+        keep = groups.keep_mask(state, removed, temperature)
+        masked, parts["pruned_ce_loss"] = term(classifier_logits(module, batch, groups.apply_mask(state, keep)))
+        loss = loss + prune_aware_weight * masked
+    return loss, parts
 
 
 def _seed(*parts: int) -> int:

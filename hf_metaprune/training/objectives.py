@@ -1,4 +1,5 @@
-"""The sparse-learning objective on Torch-Pruning's coupled channel groups (DepGraph's group-norm penalty).
+"""The meta-training objectives on Torch-Pruning's coupled channel groups: DepGraph's group-norm penalty and the
+pruning mask (which units ``prune_to_speedup`` would remove at a target speed-up, as a differentiable mask).
 
 A *pruning unit* is one channel of a coupled group — or one attention head in a transformer — : every parameter
 slice that disappears when it is pruned (a conv's output filter, the BN entries, the next convs' input slices, ...). Its squared norm is the
@@ -15,7 +16,7 @@ from torch import nn
 
 from ..graph.attention import find_attention_modules
 from ..graph.tracing import build_dependency_graph
-from ..pruning.speedup import _channel_groups, _head_size, _prunable_groups
+from ..pruning.speedup import _channel_groups, _count_macs, _head_size, _prunable_groups
 
 
 @dataclass
@@ -24,17 +25,27 @@ class _Slice:
     dim: int  # dimension the group's channels index
     index: torch.Tensor  # positions along ``dim``
     unit: torch.Tensor  # pruning unit each position belongs to
+    is_bias: bool = False  # Torch-Pruning's magnitude importance ignores biases
+
+
+@dataclass
+class _Layer:
+    """A layer's MACs and the pruning units on its input and output channels (for MACs under a mask)."""
+    macs: float
+    out_units: torch.Tensor | None  # unit of each output channel, num_units where never pruned (None: none is)
+    in_units: torch.Tensor | None  # the same for input channels (None also where the outputs carry them)
 
 
 class ChannelGroups:
     """The prunable coupled channel groups of a network, as named parameter slices.
 
-    Built once per architecture/width (tracing is the expensive part); :meth:`unit_sq_norms` then works on any
-    dict of tensors with the model's parameter names — e.g. a metanetwork's differentiable output.
+    Built once per architecture/width (tracing is the expensive part); :meth:`unit_sq_norms`, :meth:`pruning_mask`
+    and :meth:`apply_mask` then work on any dict of tensors with the model's parameter names — e.g. a metanetwork's
+    differentiable output.
     """
 
-    def __init__(self, slices: list[_Slice], group_of_unit: torch.Tensor):
-        self.slices, self.group_of_unit = slices, group_of_unit
+    def __init__(self, slices: list[_Slice], group_of_unit: torch.Tensor, layers: list[_Layer] | None = None):
+        self.slices, self.group_of_unit, self.layers = slices, group_of_unit, layers or []
 
     @property
     def num_units(self) -> int:
@@ -52,6 +63,7 @@ class ChannelGroups:
         attention = find_attention_modules(model)
         head_dims = {p: a.head_dim for a in attention for p in a.projections}
         slices, group_of_unit, offset = [], [], 0
+        _, layer_macs = _count_macs(model, example_inputs)
         for gi, group in enumerate(_prunable_groups(dg, ignored=set(), prune_hidden=not attention)[0]):
             head = _head_size(dg, group, head_dims)
             size = len(group[0].idxs) // _channel_groups(group)
@@ -66,21 +78,25 @@ class ChannelGroups:
                     continue
                 for pname, p in target.named_parameters(recurse=False):
                     full = f"{names[target]}.{pname}" if names[target] else pname
+                    bias = pname == "bias"
                     if isinstance(target, nn.Embedding):  # rows are tokens; channels are columns
-                        slices.append(_Slice(full, 1, idx, unit))
+                        slices.append(_Slice(full, 1, idx, unit, bias))
                     elif is_out or p.dim() == 1 and _is_depthwise(target):
-                        slices.append(_Slice(full, 0, idx, unit))
+                        slices.append(_Slice(full, 0, idx, unit, bias))
                     elif p.dim() > 1 and getattr(target, "groups", 1) == 1:  # grouped convs: outputs carry it
-                        slices.append(_Slice(full, 1, idx, unit))
+                        slices.append(_Slice(full, 1, idx, unit, bias))
             group_of_unit.append(torch.full((size // head,), gi, dtype=torch.long))
             offset += size // head
-        return cls(slices, torch.cat(group_of_unit) if group_of_unit else torch.zeros(0, dtype=torch.long))
+        group_of_unit = torch.cat(group_of_unit) if group_of_unit else torch.zeros(0, dtype=torch.long)
+        return cls(slices, group_of_unit, _layers(model, names, slices, layer_macs, len(group_of_unit)))
 
-    def unit_sq_norms(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    def unit_sq_norms(self, params: dict[str, torch.Tensor], include_bias: bool = True) -> torch.Tensor:
         """Squared L2 norm of every pruning unit (differentiable in ``params``)."""
         device = next(iter(params.values())).device
         out = torch.zeros(self.num_units, device=device, dtype=torch.float32)
         for s in self.slices:
+            if s.is_bias and not include_bias:
+                continue
             p = params[s.param]
             v = p.index_select(s.dim, s.index.to(device)).float().pow(2)
             v = v.movedim(s.dim, 0).reshape(len(s.index), -1).sum(1)
@@ -98,6 +114,154 @@ class ChannelGroups:
         norms = norms.detach()
         hi, lo = self.group_reduce(norms, "amax"), self.group_reduce(norms, "amin")
         return alpha ** ((hi - norms) / (hi - lo).clamp_min(1e-12))
+
+
+    # ---- the pruning mask ------------------------------------------------------------------------------------
+    def macs(self, removed: torch.Tensor | None = None) -> float:
+        """MACs of the layers with the units in the boolean ``removed`` pruned (all units kept: ``None``)."""
+        if removed is None:
+            return sum(layer.macs for layer in self.layers)
+        removed = torch.cat([removed.cpu(), removed.new_zeros(1, device="cpu")])  # index num_units: never removed
+        total = 0.0
+        for layer in self.layers:
+            keep = 1.0
+            for units in (layer.out_units, layer.in_units):
+                if units is not None:
+                    keep *= 1.0 - float(removed[units].sum()) / len(units)
+            total += layer.macs * keep
+        return total
+
+    def _unit_costs(self, removed: torch.Tensor) -> torch.Tensor:
+        """MACs freed by removing each unit now: every layer it touches loses 1/width of its current MACs."""
+        ext = torch.cat([removed, removed.new_zeros(1)])
+        cost = torch.zeros(self.num_units + 1, dtype=torch.float64)
+        for layer in self.layers:
+            sides = [u for u in (layer.out_units, layer.in_units) if u is not None]
+            kept = [len(u) - int(ext[u].sum()) for u in sides]
+            macs = layer.macs
+            for u, k in zip(sides, kept):
+                macs *= k / len(u)
+            for u, k in zip(sides, kept):
+                cost.index_add_(0, u, torch.full((len(u),), macs / max(k, 1), dtype=torch.float64))
+        return cost[:-1]
+
+    def pruned_units(self, params: dict[str, torch.Tensor], speed_up: float, tolerance: float = 0.01,
+                     max_pruning_ratio: float = 0.95) -> torch.Tensor:
+        """The units (boolean, per unit) that :func:`~hf_metaprune.prune_to_speedup` with ``group_l2`` removes from
+        ``params`` to reach ``speed_up`` in MACs.
+
+        Emulates its loop on the MACs model instead of the network (milliseconds instead of a second): each step
+        ranks the remaining units by their norm — without the slices already pruned — over the mean of what is
+        left of their group, and removes the lowest until half of the remaining MACs gap is closed (never more
+        than ``max_pruning_ratio`` of a group). Ties aside, it removes the same units.
+        """
+        detached = {s.param: params[s.param].detach().double().cpu() for s in self.slices}
+        groups = self.group_of_unit
+        sizes = torch.bincount(groups, minlength=self.num_groups)
+        keep_at_least = torch.clamp(torch.round(sizes * (1 - max_pruning_ratio)), min=1)
+        macs0 = self.macs()
+        target, floor = macs0 / speed_up, macs0 / (speed_up * (1 + tolerance))
+        removed = torch.zeros(self.num_units, dtype=torch.bool)
+        macs = macs0
+        for _ in range(200):
+            if macs <= target:
+                break
+            kept = ~removed
+            # a unit's norm loses the slices that other groups' pruning already removed (a conv's input columns)
+            sq_cpu = self.unit_sq_norms(self.apply_mask(detached, kept.double()), include_bias=False).double()
+            mean = torch.zeros(self.num_groups, dtype=torch.float64).index_add_(0, groups[kept], sq_cpu[kept])
+            mean = mean / torch.bincount(groups[kept], minlength=self.num_groups).clamp_min(1)
+            score = sq_cpu / mean[groups].clamp_min(1e-12)
+            cost = self._unit_costs(removed)
+            room_left = (torch.bincount(groups[kept], minlength=self.num_groups) - keep_at_least).tolist()
+            need, room, acc, chosen = macs - target, macs - floor, 0.0, []
+            is_removed = removed.tolist()
+            order = [u for u in torch.argsort(score, stable=True).tolist() if not is_removed[u]]
+            candidates = []
+            for u in order:
+                g = int(groups[u])
+                if room_left[g] > 0:
+                    room_left[g] -= 1
+                    candidates.append(u)
+            if not candidates:
+                break
+            for u in candidates:
+                c = float(cost[u])
+                if acc + c > room:
+                    continue
+                chosen.append(u)
+                acc += c
+                if acc >= 0.5 * need:
+                    break
+            if not chosen:
+                chosen = [min(candidates, key=lambda u: (float(cost[u]), float(score[u])))]
+            removed[chosen] = True
+            macs = self.macs(removed)
+        return removed
+
+    def keep_mask(self, params: dict[str, torch.Tensor], removed: torch.Tensor,
+                  temperature: float = 0.0) -> torch.Tensor:
+        """Per-unit mask, 1 kept and 0 for the ``removed`` units (see :meth:`pruned_units`).
+
+        ``temperature > 0`` makes it straight-through: hard in the forward pass, the gradient of
+        ``sigmoid((score − threshold) / temperature)`` in the backward pass (score: a unit's norm over the mean of
+        its group's kept units), so the objective can also move units across the pruning threshold.
+        """
+        device = params[self.slices[0].param].device if self.slices else torch.device("cpu")
+        hard = (~removed).to(device=device, dtype=torch.float32)
+        if temperature <= 0 or not removed.any() or removed.all():
+            return hard
+        kept = ~removed
+        sq = self.unit_sq_norms(params, include_bias=False)
+        mean = self.group_reduce(torch.where(kept.to(sq.device), sq, torch.zeros_like(sq)), "sum")
+        mean = mean / self.group_reduce(kept.to(sq.device, sq.dtype), "sum").clamp_min(1)
+        score = sq / mean.clamp_min(1e-12)  # differentiable in params
+        s = score.detach().cpu()
+        threshold = (s[removed].max() + s[kept].min()) / 2
+        soft = torch.sigmoid((score - threshold.to(score.device)) / temperature)
+        return hard + (soft - soft.detach())  # exactly hard in the forward pass
+
+    def apply_mask(self, params: dict[str, torch.Tensor], keep: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``params`` with every slice of each unit scaled by ``keep[unit]`` (0: as if the unit were pruned)."""
+        factors: dict[tuple[str, int], torch.Tensor] = {}
+        for s in self.slices:
+            p = params[s.param]
+            key = (s.param, s.dim)
+            if key not in factors:
+                factors[key] = torch.ones(p.shape[s.dim], device=p.device, dtype=keep.dtype)
+            factors[key] = factors[key].index_copy(0, s.index.to(p.device), keep[s.unit.to(keep.device)].to(p.device))
+        out = dict(params)
+        for (name, dim), f in factors.items():
+            shape = [1] * out[name].dim()
+            shape[dim] = -1
+            out[name] = out[name] * f.view(shape).to(out[name].dtype)
+        return out
+
+
+def _layers(model: nn.Module, names: dict[nn.Module, str], slices: list[_Slice],
+            layer_macs: dict[nn.Module, float], num_units: int) -> list[_Layer]:
+    """The MACs model: every leaf layer with MACs and the units on its input / output channel dimensions."""
+    by_param = {(s.param, s.dim): s for s in slices if not s.is_bias}
+    layers = []
+    for module, macs in layer_macs.items():
+        weight = getattr(module, "weight", None)
+        if macs <= 0 or not isinstance(weight, torch.Tensor) or weight.dim() < 2 or any(module.children()):
+            continue
+        name = f"{names[module]}.weight"
+        units = []
+        for dim in (0, 1):
+            s = by_param.get((name, dim))
+            if s is None:
+                units.append(None)
+                continue
+            full = torch.full((weight.shape[dim],), num_units, dtype=torch.long)
+            full[s.index] = s.unit
+            units.append(full)
+        out_units, in_units = units
+        if _is_depthwise(module):  # one channel in, one out: the output units carry both sides
+            in_units = None
+        layers.append(_Layer(float(macs), out_units, in_units))
+    return layers
 
 
 def _is_depthwise(module: nn.Module) -> bool:

@@ -278,8 +278,9 @@ def train_zoo(
     num_models: int,
     epochs: float,
     seed: int = 0,
-    prune_speed_up: float | None = None,
+    prune_speed_up: float | list[float] | None = None,
     finetune_epochs: float = 0.0,
+    finetune_learning_rate: float | None = None,
     model_kwargs: dict[str, Any] | None = None,
     **finetune_kwargs: Any,
 ) -> DataModelZoo:
@@ -289,7 +290,10 @@ def train_zoo(
     ``AutoModelForImageClassification`` / ``AutoModelForSequenceClassification`` according to ``data``.
 
     With ``prune_speed_up`` (the published recipe uses ~1.3), each model is lightly pruned (group-L2) and
-    finetuned for ``finetune_epochs`` so that widths vary across the zoo. The zoo is rewritten after every
+    finetuned for ``finetune_epochs`` (at ``finetune_learning_rate``, default the training one) so that widths vary
+    across the zoo. A list cycles over the seeds (seed ``s`` gets entry ``s % len``; ``1.0`` leaves that model
+    unpruned), e.g. ``[1.0, 1.3, 1.0, 1.6]`` prunes every second model to two different widths. The zoo is rewritten
+    after every
     model, so an interrupted run resumes with the next missing seed. Extra keyword arguments go to
     :func:`hf_metaprune.training.finetune` (batch size, learning rate, ``TrainingArguments`` fields).
     """
@@ -306,7 +310,12 @@ def train_zoo(
     else:
         model_kwargs = {"num_classes": data.num_classes, **(model_kwargs or {})}
         create = lambda: timm.create_model(architecture, pretrained=False, **model_kwargs)  # noqa: E731
-    recipe = make_recipe(architecture, model_kwargs, data, epochs, prune_speed_up, finetune_epochs, finetune_kwargs)
+    speed_ups = _speed_up_cycle(prune_speed_up)
+    post_prune_kwargs = dict(finetune_kwargs)
+    if finetune_learning_rate is not None:
+        post_prune_kwargs["learning_rate"] = finetune_learning_rate
+    recipe = make_recipe(architecture, model_kwargs, data, epochs, speed_ups, finetune_epochs, finetune_kwargs,
+                         finetune_learning_rate)
     zoo_dir = os.path.join(output_dir, "zoo")
     rows, existing = [], None
     if os.path.exists(zoo_dir):
@@ -330,9 +339,10 @@ def train_zoo(
             model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), "architecture": architecture}
         run_dir = os.path.join(output_dir, "runs", f"seed{s}")
         result = finetune(model, data, run_dir, epochs=epochs, seed=s, **finetune_kwargs)
-        if prune_speed_up:
-            pruned = prune_to_speedup(result.model, x, prune_speed_up, importance="group_l2").model
-            result = finetune(pruned, data, run_dir + "-pruned", epochs=finetune_epochs, seed=s, **finetune_kwargs)
+        speed_up = speed_ups[s % len(speed_ups)] if speed_ups else 1.0
+        if speed_up > 1.0:
+            pruned = prune_to_speedup(result.model, x, speed_up, importance="group_l2").model
+            result = finetune(pruned, data, run_dir + "-pruned", epochs=finetune_epochs, seed=s, **post_prune_kwargs)
         macs, _ = count_macs_and_params(result.model, x)
         name, kwargs = _describe_transformers(result.model) if architecture.startswith(HF_PREFIX) \
             else (architecture, model_kwargs)
@@ -346,6 +356,16 @@ def train_zoo(
             shutil.rmtree(os.path.join(output_dir, "runs"), ignore_errors=True)  # checkpoints live in the zoo now
         state.wait_for_everyone()
     return DataModelZoo.load(zoo_dir)
+
+
+def _speed_up_cycle(prune_speed_up: float | list[float] | tuple[float, ...] | None) -> list[float] | None:
+    if prune_speed_up is None or prune_speed_up == 0:
+        return None
+    values = list(prune_speed_up) if isinstance(prune_speed_up, (list, tuple)) else [prune_speed_up]
+    if not values or any(not isinstance(v, (int, float)) or isinstance(v, bool) or not v >= 1.0 for v in values):
+        raise ValueError(f"prune_speed_up must be a MACs speed-up >= 1 or a non-empty list of them (1.0: leave that "
+                         f"model unpruned), got {prune_speed_up!r}")
+    return [float(v) for v in values] if any(v > 1.0 for v in values) else None
 
 
 def _write_atomically(rows: list[dict[str, Any]], zoo_dir: str, recipe: dict[str, Any] | None = None) -> None:
@@ -446,15 +466,25 @@ def data_fingerprint(data: ClassificationData) -> dict[str, Any]:
 
 
 def make_recipe(architecture: str, model_kwargs: dict[str, Any], data: ClassificationData, epochs: float,
-                prune_speed_up: float | None, finetune_epochs: float, finetune_kwargs: dict[str, Any]) -> dict[str, Any]:
+                prune_speed_up: float | list[float] | None, finetune_epochs: float, finetune_kwargs: dict[str, Any],
+                finetune_learning_rate: float | None = None) -> dict[str, Any]:
     """Everything that makes two data models of one zoo comparable (the seed aside)."""
     family, kwargs = _signature(architecture, model_kwargs)
     training = {k: v for k, v in finetune_kwargs.items()
                 if k not in NOT_RECIPE and not k.startswith(NOT_RECIPE_PREFIXES)}
     return _jsonable({
         "format_version": RECIPE_VERSION, "architecture": family, "model_kwargs": kwargs, "epochs": epochs,
-        "prune_speed_up": prune_speed_up or None, "finetune_epochs": finetune_epochs if prune_speed_up else None,
+        "prune_speed_up": _recipe_speed_up(prune_speed_up),
+        "finetune_epochs": finetune_epochs if prune_speed_up else None,
+        **({"finetune_learning_rate": finetune_learning_rate}
+           if prune_speed_up and finetune_learning_rate is not None else {}),
         "training": training, "data": data_fingerprint(data)})
+
+
+def _recipe_speed_up(prune_speed_up: float | list[float] | None) -> float | list[float] | None:
+    """One speed-up for every model is recorded as a number (as zoos written before cycles existed)."""
+    cycle = _speed_up_cycle(prune_speed_up)
+    return None if cycle is None else cycle[0] if len(cycle) == 1 else cycle
 
 
 def _flatten(value: Any, prefix: str) -> dict[str, Any]:
