@@ -1,30 +1,38 @@
 """CIFAR benchmark: metanetwork pruning against DepGraph baselines on real data, several seeds, one table.
 
-    python benchmarks/cifar.py --preset cpu-small                 # ResNet-20 / CIFAR-10, <= 2 h on 2 CPU cores
-    python benchmarks/cifar.py --preset paper                     # ResNet-56 / CIFAR-10 at 2.3x and 3x (GPU)
-    python benchmarks/cifar.py --preset paper-vgg19               # VGG-19-BN / CIFAR-100 at 8.95x (GPU, needs the data)
-    python benchmarks/cifar.py --preset cpu-small --num_seeds 5 --post_epochs 8    # any field overrides the preset
+    python benchmarks/cifar.py --preset cpu --stop_after models    # converged ResNet-20 zoo + base models (once)
+    python benchmarks/cifar.py --preset cpu                         # the comparison, <= 2 h on 2 CPU cores after that
+    python benchmarks/cifar.py --preset cpu-ablation                # meta-training candidates only: the ablation
+    python benchmarks/cifar.py --preset paper                       # ResNet-56 / CIFAR-10 at 2.3x and 3x (GPU)
+    python benchmarks/cifar.py --preset paper-vgg19                 # VGG-19-BN / CIFAR-100 at 8.95x (GPU)
+    python benchmarks/cifar.py --preset cpu --num_seeds 5 --post_epochs 8    # any field overrides the preset
 
 Every method prunes the *same* base models (one per seed) and gets the *same* training budget after them:
 ``pre_epochs`` before pruning and ``post_epochs`` after, each a cosine SGD schedule of the same shape.
 
-1. ``DepGraph w/o SL``  plain training for ``pre_epochs`` → group-L2 pruning → finetune
-2. ``DepGraph + SL``    group-norm sparse learning (γ-weighted, Torch-Pruning's groups) → group-L2 pruning → finetune
-3. ``random``           plain training (shared with 1) → random channel pruning → finetune
-4. ``metanetwork``      metanetwork transform → finetune → group-L2 pruning → finetune
+- ``depgraph``        (DepGraph w/o SL)  plain training → group-L2 pruning → finetune
+- ``depgraph-sl``     (DepGraph + SL)    group-norm sparse learning (γ-weighted, Torch-Pruning's groups) → group-L2
+- ``random``          plain training (shared with ``depgraph``) → random channel pruning → finetune
+- ``metanetwork``     metanetwork transform → plain training → group-L2 pruning → finetune
+- ``metanetwork-sl``  (metanetwork + SL) metanetwork transform → sparse learning → group-L2 pruning → finetune
 
-The metanetwork is meta-trained on a separate zoo of data models (other seeds, same recipe as the base models);
-every candidate in ``--meta_learning_rate / --meta_sparsity_lambda / --meta_sparsity_relative`` (zipped) is trained
-with prune-and-probe evaluation on held-out data models, and the checkpoint and candidate with the best probe accuracy
-on the validation split are used. Finetuning keeps each run's best epoch on the validation split; the test split is
-read once per final model. Everything is cached in ``--output_dir``: an interrupted run resumes where it stopped.
+Accuracy is reported right after pruning (before any finetuning: the pre-prune stage's direct effect) and after
+finetuning. The metanetwork is meta-trained on a separate zoo of data models (other seeds, same recipe as the base
+models); every candidate (the ``--meta_*`` lists, zipped) is trained with prune-and-probe evaluation on held-out
+data models, and the checkpoint and candidate with the best probe accuracy on the validation split are used — the
+candidate table is the ablation. Finetuning keeps each run's best epoch on the validation split; the test split is
+read only to report. ``--transfer_architectures`` prunes other depths (one base model each, same recipe) with the
+same metanetwork. Everything is cached in ``--output_dir``: an interrupted run resumes where it stopped, and a
+candidate meta-trained once (in an ablation) is reused.
 
-Writes ``<results_dir>/cifar_<preset>.json`` (all runs, stage wall times, arguments), ``.md`` (the table) and two
-plots: ``_accuracy.png`` (test accuracy vs speed-up) and ``_widths.png`` (per-layer kept channels, first seed).
+Writes ``<results_dir>/cifar_<preset>.json`` (all runs, stage wall times, arguments, library versions), ``.md``
+(tables) and plots: ``_accuracy.png`` (test accuracy vs speed-up, before and after finetuning), ``_widths.png``
+(per-layer kept channels, first seed) and ``_training.png`` (meta-training curves of every candidate).
 """
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import statistics
@@ -32,6 +40,7 @@ import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from transformers import HfArgumentParser, set_seed
@@ -42,50 +51,75 @@ import hf_metaprune as hm  # noqa: E402
 from hf_metaprune.pruning.speedup import module_widths  # noqa: E402
 from hf_metaprune.training import evaluate_accuracy, pre_prune  # noqa: E402
 
-PRESETS: dict[str, dict] = {
+PRESETS: dict[str, dict[str, Any]] = {
     # converged ResNet-20s (>= 84 % test) on the full CIFAR-10 training split; <= 2 h on 2 idle CPU cores once the
-    # models exist (training them: python benchmarks/cifar.py --preset cpu --models_only, ~15 min each with bf16)
+    # models exist (training them: python benchmarks/cifar.py --preset cpu --stop_after models, ~20 min each with bf16)
     "cpu": dict(
         architecture="cifar_resnet20", dataset="../shared/data/cifar10", max_train_samples=0, val_size=5000,
         num_seeds=3, base_epochs=20.0, base_learning_rate=0.2, base_warmup=0.15, bf16=True, num_zoo_models=10,
         num_eval_zoo_models=2, zoo_prune_speed_up=[1.6, 1.0, 1.3, 1.0], zoo_finetune_epochs=3.0,
-        zoo_finetune_learning_rate=0.02, hidden_size=32, num_layers=4, meta_max_steps=150, meta_eval_steps=25,
+        zoo_finetune_learning_rate=0.02, hidden_size=32, num_layers=4, meta_max_steps=[150], meta_eval_steps=25,
         meta_learning_rate=[1e-3], meta_sparsity_lambda=[3e-2], meta_sparsity_relative=[True],
-        meta_residual_scale=[0.1], task_batch_size=64, task_batches_per_step=2,
-        speed_ups=[2.0, 3.0], pre_epochs=3.0, post_epochs=6.0, sl_lambda=2.5e-3),
+        meta_residual_scale=[0.1], meta_prune_aware_weight=[0.5], task_batch_size=64, meta_task_batches_per_step=[2],
+        speed_ups=[2.0, 3.0], pre_epochs=3.0, post_epochs=6.0, sl_lambda=2.5e-3,
+        methods=["depgraph", "depgraph-sl", "metanetwork", "metanetwork-sl"], models_dir="zoos/cifar10-resnet20",
+        transfer_architectures=["cifar_resnet32", "cifar_resnet56"]),
+    # the ablation behind the "cpu" preset's metanetwork: every lever as a candidate, meta-training only
+    "cpu-ablation": dict(stop_after="metanetwork"),
     # ~80 min on 2 idle CPU cores: 20k training images (2k of them validation), 8-epoch base models
     "cpu-small": dict(
         architecture="cifar_resnet20", dataset="../shared/data/cifar10", max_train_samples=20000, val_size=2000,
         num_seeds=3, base_epochs=8.0, num_zoo_models=4, num_eval_zoo_models=1,
-        hidden_size=32, num_layers=4, meta_max_steps=80, meta_eval_steps=10,
+        hidden_size=32, num_layers=4, meta_max_steps=[80], meta_eval_steps=10,
         meta_learning_rate=[2e-3, 1e-3, 1e-3], meta_sparsity_lambda=[3e-2, 3e-2, 1e-3],
         meta_sparsity_relative=[True], meta_residual_scale=[0.1, 0.1, 0.01], task_batch_size=64,
-        task_batches_per_step=2,
+        meta_task_batches_per_step=[2],
         speed_ups=[2.0, 3.0], pre_epochs=2.0, post_epochs=4.0, sl_lambda=2.5e-3),
     # the published ResNet-56 protocol (GPU): 200-epoch base models, 10 data models, 100 + 100 finetuning epochs
     "paper": dict(
         architecture="cifar_resnet56", dataset="../shared/data/cifar10", max_train_samples=0, val_size=5000,
         num_seeds=3, base_epochs=200.0, num_zoo_models=10, num_eval_zoo_models=2, zoo_prune_speed_up=[1.3],
-        zoo_finetune_epochs=20.0, hidden_size=64, num_layers=8, meta_residual_scale=[0.01], meta_max_steps=2000,
+        zoo_finetune_epochs=20.0, hidden_size=64, num_layers=8, meta_residual_scale=[0.01], meta_max_steps=[2000],
         meta_eval_steps=200, meta_learning_rate=[1e-3], meta_sparsity_lambda=[3e-3], meta_sparsity_relative=[False],
-        task_batch_size=128, task_batches_per_step=8, speed_ups=[2.3, 3.0], pre_epochs=100.0, post_epochs=100.0,
+        task_batch_size=128, meta_task_batches_per_step=[8], speed_ups=[2.3, 3.0], pre_epochs=100.0, post_epochs=100.0,
         sl_lambda=2.5e-4),
     # VGG-19-BN / CIFAR-100 at 8.95x (GPU); CIFAR-100 is not in ../shared/data: pass a local copy or use the Hub
     "paper-vgg19": dict(
         architecture="cifar_vgg19_bn", dataset="uoft-cs/cifar100", label_column="fine_label", max_train_samples=0,
         val_size=5000, num_seeds=3, base_epochs=200.0, num_zoo_models=10, num_eval_zoo_models=2,
         zoo_prune_speed_up=[1.3], zoo_finetune_epochs=20.0, hidden_size=32, num_layers=8, meta_residual_scale=[0.05],
-        meta_max_steps=2000, meta_eval_steps=200, meta_learning_rate=[1e-3], meta_sparsity_lambda=[3e-3],
-        meta_sparsity_relative=[False], task_batch_size=128, task_batches_per_step=8, speed_ups=[8.95],
+        meta_max_steps=[2000], meta_eval_steps=200, meta_learning_rate=[1e-3], meta_sparsity_lambda=[3e-3],
+        meta_sparsity_relative=[False], task_batch_size=128, meta_task_batches_per_step=[8], speed_ups=[8.95],
         pre_epochs=100.0, post_epochs=100.0, sl_lambda=2.5e-4),
 }
 
-METHODS = (  # (name, pre-prune stage, pruning criterion)
-    ("DepGraph w/o SL", "plain", "group_l2"),
-    ("DepGraph + SL", "sparse", "group_l2"),
-    ("random", "plain", "random"),
-    ("metanetwork", "metanetwork", "group_l2"),
+# --preset cpu-ablation: the levers of the meta-objective, one candidate each (zipped lists; read across)
+ABLATION_CANDIDATES: dict[str, list] = dict(
+    #                          published  +prune-aware  +schedule,KD  mask only  straight-thr.  no sparsity  ε=0.3  4 batches
+    meta_prune_aware_weight=[0.0, 0.5, 0.5, 1.0, 0.5, 0.5, 0.5, 0.5],
+    meta_prune_aware_temperature=[0.0, 0.0, 0.0, 0.0, 0.05, 0.0, 0.0, 0.0],
+    meta_distill_weight=[0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0],
+    meta_warmup=[0.0, 0.0, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0],
+    meta_sparsity_lambda=[3e-2, 3e-2, 3e-2, 3e-2, 3e-2, 0.0, 3e-2, 3e-2],
+    meta_residual_scale=[0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.3, 0.1],
+    meta_task_batches_per_step=[2, 2, 2, 2, 2, 2, 2, 4],
 )
+
+METHODS = {  # key: (table name, pre-prune stage, pruning criterion)
+    "depgraph": ("DepGraph w/o SL", "plain", "group_l2"),
+    "depgraph-sl": ("DepGraph + SL", "sparse", "group_l2"),
+    "random": ("random", "plain", "random"),
+    "metanetwork": ("metanetwork", "metanetwork", "group_l2"),
+    "metanetwork-sl": ("metanetwork + SL", "metanetwork-sparse", "group_l2"),
+}
+# candidate fields (zipped lists on the command line) -> MetaPrunerTrainingArguments / MetaPrunerConfig fields
+CANDIDATE_FIELDS = {
+    "meta_learning_rate": "learning_rate", "meta_sparsity_lambda": "sparsity_lambda",
+    "meta_sparsity_relative": "sparsity_relative", "meta_residual_scale": "residual_scale",
+    "meta_prune_aware_weight": "prune_aware_weight", "meta_prune_aware_temperature": "prune_aware_temperature",
+    "meta_distill_weight": "distill_weight", "meta_warmup": "warmup", "meta_max_grad_norm": "max_grad_norm",
+    "meta_max_steps": "max_steps", "meta_task_batches_per_step": "task_batches_per_step",
+}
 
 
 @dataclass
@@ -93,6 +127,8 @@ class BenchmarkArguments:
     preset: str = field(default="cpu-small", metadata={"help": f"one of {sorted(PRESETS)}; other flags override it"})
     output_dir: str | None = field(default=None, metadata={"help": "cache of all models (default outputs/cifar-<preset>)"})
     results_dir: str = field(default="results", metadata={"help": "where the JSON, table and plots go"})
+    models_dir: str | None = field(default=None, metadata={
+        "help": "where the zoo, base and transfer models live (default: output_dir); the cpu preset's are committed"})
     # data
     dataset: str = field(default="../shared/data/cifar10", metadata={"help": "local parquet folder/file or Hub id"})
     image_column: str | None = field(default=None)
@@ -117,14 +153,22 @@ class BenchmarkArguments:
     # metanetwork
     hidden_size: int = field(default=32)
     num_layers: int = field(default=4)
-    meta_max_steps: int = field(default=150)
     meta_eval_steps: int = field(default=50)
+    # candidates: every list is zipped (one value: shared by all); each is meta-trained and probed
+    meta_max_steps: list[int] = field(default_factory=lambda: [150])
     meta_learning_rate: list[float] = field(default_factory=lambda: [1e-3])
     meta_sparsity_lambda: list[float] = field(default_factory=lambda: [3e-3])
     meta_sparsity_relative: list[bool] = field(default_factory=lambda: [False])
     meta_residual_scale: list[float] = field(default_factory=lambda: [0.1], metadata={"help": "ε"})
+    meta_prune_aware_weight: list[float] = field(default_factory=lambda: [0.0], metadata={
+        "help": "share of the task loss on W' with the units pruning removes masked out"})
+    meta_prune_aware_temperature: list[float] = field(default_factory=lambda: [0.0])
+    meta_distill_weight: list[float] = field(default_factory=lambda: [0.0])
+    meta_warmup: list[float] = field(default_factory=lambda: [0.0], metadata={
+        "help": "warm-up fraction; > 0 switches the constant schedule to warm-up + cosine"})
+    meta_max_grad_norm: list[float] = field(default_factory=lambda: [1.0])
+    meta_task_batches_per_step: list[int] = field(default_factory=lambda: [2])
     task_batch_size: int = field(default=64)
-    task_batches_per_step: int = field(default=2)
     probe_finetune_steps: int = field(default=50)
     # pruning and finetuning
     speed_ups: list[float] = field(default_factory=lambda: [2.0, 3.0], metadata={"help": "target MACs speed-ups"})
@@ -136,28 +180,37 @@ class BenchmarkArguments:
     latency_batch_size: int = field(default=64)
     latency_runs: int = field(default=10)
     disable_tqdm: bool = field(default=True)
-    models_only: bool = field(default=False, metadata={"help": "train the base and zoo models, then stop"})
+    methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={"help": f"of {list(METHODS)}"})
+    transfer_architectures: list[str] = field(default_factory=list, metadata={
+        "help": "other depths pruned at min(speed_ups) by DepGraph + SL and the metanetwork (one base model each)"})
+    stop_after: str = field(default="", metadata={
+        "help": "'models': train base / zoo / transfer models only; 'metanetwork': also meta-train every candidate "
+                "and write the candidate (ablation) table"})
 
     def __post_init__(self):
         self.output_dir = self.output_dir or f"outputs/cifar-{self.preset}"
-        n = len(self.meta_learning_rate)
-        lists = (self.meta_sparsity_lambda, self.meta_sparsity_relative, self.meta_residual_scale)
-        if any(len(v) not in (1, n) for v in lists):
-            raise ValueError("--meta_learning_rate, --meta_sparsity_lambda, --meta_sparsity_relative and "
-                             "--meta_residual_scale are zipped into candidates: give each one value or the same "
-                             "number of values")
+        self.models_dir = self.models_dir or self.output_dir
+        n = max(len(getattr(self, name)) for name in CANDIDATE_FIELDS)
+        lengths = {f"--{name}": len(getattr(self, name)) for name in CANDIDATE_FIELDS}
+        if any(k not in (1, n) for k in lengths.values()):
+            shown = ", ".join(f"{name} has {k}" for name, k in lengths.items() if k > 1)
+            raise ValueError(f"the candidate lists (--meta_*) are zipped: give each one value or the same number of "
+                             f"values ({shown})")
         if self.num_eval_zoo_models < 1 or self.num_zoo_models <= self.num_eval_zoo_models:
             raise ValueError(f"need at least one held-out and one training data model, got num_zoo_models="
                              f"{self.num_zoo_models}, num_eval_zoo_models={self.num_eval_zoo_models}")
         if self.num_seeds < 1 or not self.speed_ups or min(self.speed_ups) <= 1:
             raise ValueError("need num_seeds >= 1 and speed-ups > 1")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ValueError(f"--methods: unknown {unknown}; choose from {list(METHODS)}")
+        if self.stop_after not in ("", "models", "metanetwork"):
+            raise ValueError(f"--stop_after must be 'models' or 'metanetwork', got '{self.stop_after}'")
 
     def candidates(self) -> list[dict]:
-        n = len(self.meta_learning_rate)
-        pick = lambda v, i: v[i] if len(v) > 1 else v[0]  # noqa: E731
-        return [dict(learning_rate=self.meta_learning_rate[i], sparsity_lambda=pick(self.meta_sparsity_lambda, i),
-                     sparsity_relative=pick(self.meta_sparsity_relative, i),
-                     residual_scale=pick(self.meta_residual_scale, i)) for i in range(n)]
+        n = max(len(getattr(self, name)) for name in CANDIDATE_FIELDS)
+        return [{key: getattr(self, name)[i if len(getattr(self, name)) > 1 else 0]
+                 for name, key in CANDIDATE_FIELDS.items()} for i in range(n)]
 
 
 def parse_args(argv: list[str] | None = None) -> BenchmarkArguments:
@@ -171,6 +224,8 @@ def parse_args(argv: list[str] | None = None) -> BenchmarkArguments:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset '{preset}'; choose one of {sorted(PRESETS)}")
     parser = HfArgumentParser(BenchmarkArguments)
+    if preset == "cpu-ablation":  # the cpu preset's models and zoo (same output_dir), other candidates
+        parser.set_defaults(**{**PRESETS["cpu"], "output_dir": "outputs/cifar-cpu", **ABLATION_CANDIDATES})
     parser.set_defaults(**PRESETS[preset])
     (args,) = parser.parse_args_into_dataclasses(argv)
     return args
@@ -210,35 +265,51 @@ class Cache:
             json.dump(record, f, indent=2)
 
 
-def train_metanetwork(args, candidate: dict, index: int, train_zoo, eval_zoo, data, common: dict):
+def candidate_key(args, candidate: dict) -> str:
+    """A folder name that changes with everything that shapes the trained metanetwork (cache key)."""
+    shared = {k: getattr(args, k) for k in ("hidden_size", "num_layers", "task_batch_size", "meta_eval_steps",
+                                            "probe_finetune_steps", "finetune_learning_rate", "speed_ups")}
+    blob = json.dumps({**candidate, **shared}, sort_keys=True)
+    return "candidate-" + hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def train_metanetwork(args, candidate: dict, train_zoo, eval_zoo, data, common: dict):
     """Meta-train one candidate with prune-and-probe checkpoint selection; cached in its folder."""
-    run_dir = os.path.join(args.output_dir, "metanetwork", f"candidate-{index}")
+    run_dir = os.path.join(args.output_dir, "metanetwork", candidate_key(args, candidate))
     final = os.path.join(run_dir, "final")
     if not os.path.isfile(os.path.join(final, "config.json")):
         set_seed(0)
         graph = hm.model_to_graph(train_zoo.model(0), data.example_inputs())
         config = hm.MetaPrunerConfig.for_graphs([graph], hidden_size=args.hidden_size, num_layers=args.num_layers,
                                                 residual_scale=candidate["residual_scale"], dataset=args.dataset)
+        schedule = dict(lr_scheduler_type="cosine", warmup_steps=candidate["warmup"]) if candidate["warmup"] > 0 \
+            else dict(lr_scheduler_type="constant")
         training_args = hm.MetaPrunerTrainingArguments(
-            output_dir=run_dir, max_steps=args.meta_max_steps, per_device_train_batch_size=1,
+            output_dir=run_dir, max_steps=candidate["max_steps"], per_device_train_batch_size=1,
             learning_rate=candidate["learning_rate"], sparsity_lambda=candidate["sparsity_lambda"],
             sparsity_relative=candidate["sparsity_relative"], optim="adamw_torch", weight_decay=0.0,
-            lr_scheduler_type="constant", task_batch_size=args.task_batch_size,
-            task_batches_per_step=args.task_batches_per_step, probe_speed_up=min(args.speed_ups),
+            max_grad_norm=candidate["max_grad_norm"], task_batch_size=args.task_batch_size,
+            task_batches_per_step=candidate["task_batches_per_step"],
+            prune_aware_weight=candidate["prune_aware_weight"], prune_aware_speed_ups=list(args.speed_ups),
+            prune_aware_temperature=candidate["prune_aware_temperature"],
+            distill_weight=candidate["distill_weight"], probe_speed_up=min(args.speed_ups),
             probe_finetune_steps=args.probe_finetune_steps, probe_learning_rate=args.finetune_learning_rate,
             eval_strategy="steps", eval_steps=args.meta_eval_steps, save_strategy="steps",
             save_steps=args.meta_eval_steps, save_total_limit=1, load_best_model_at_end=True, seed=0,
-            dataloader_drop_last=True, logging_steps=10, **common)
+            dataloader_drop_last=True, logging_steps=5, **schedule, **common)
         trainer = hm.MetaPrunerTrainer(hm.MetaPrunerModel(config), training_args, train_zoo, data, eval_zoo=eval_zoo)
+        start = time.time()
         trainer.train()
         trainer.save_model(final)
         if os.path.isfile(os.path.join(final, "training_args.bin")):
             os.remove(os.path.join(final, "training_args.bin"))  # pickled arguments: not part of the model
-        history = [h for h in trainer.state.log_history if "eval_probe_accuracy" in h or "ce_loss" in h]
+        history = [h for h in trainer.state.log_history if "eval_probe_accuracy" in h or "task_loss" in h]
         with open(os.path.join(run_dir, "log_history.json"), "w") as f:
-            json.dump(history, f, indent=2)
+            json.dump({"candidate": candidate, "seconds": time.time() - start, "history": history}, f, indent=2)
+    with open(os.path.join(run_dir, "log_history.json")) as f:
+        log_history = json.load(f)
     model = hm.MetaPrunerModel.from_pretrained(final).eval()
-    return model, final, dict(model.config.validation_scores or {})
+    return model, final, dict(model.config.validation_scores or {}), log_history
 
 
 def summarize(values: list[float]) -> dict:
@@ -248,36 +319,60 @@ def summarize(values: list[float]) -> dict:
 
 def markdown_table(base: dict, rows: list[dict], latency_batch_size: int) -> str:
     pm = lambda s, scale=100: f"{s['mean'] * scale:.2f} ± {s['std'] * scale:.2f}"  # noqa: E731
-    lines = [f"| method | target | MACs speed-up | params | val acc (%) | test acc (%) | CPU latency "
-             f"(ms, batch {latency_batch_size}) |", "|---|---|---|---|---|---|---|"]
-    lines.append(f"| base model | 1× | 1.00× | {base['params'] / 1e3:.1f}k | {pm(base['val_accuracy'])} | "
+    lines = [f"| method | target | MACs speed-up | params | test acc right after pruning (%) | val acc (%) | "
+             f"test acc (%) | CPU latency (ms, batch {latency_batch_size}) |", "|---|---|---|---|---|---|---|---|"]
+    lines.append(f"| base model | 1× | 1.00× | {base['params'] / 1e3:.1f}k | – | {pm(base['val_accuracy'])} | "
                  f"{pm(base['test_accuracy'])} | {pm(base['latency_s'], 1e3)} |")
     for r in rows:
         lines.append(f"| {r['method']} | {r['target_speed_up']:g}× | {r['speed_up']['mean']:.2f}× | "
-                     f"{r['params']['mean'] / 1e3:.1f}k | {pm(r['val_accuracy'])} | {pm(r['test_accuracy'])} | "
-                     f"{pm(r['latency_s'], 1e3)} |")
+                     f"{r['params']['mean'] / 1e3:.1f}k | {pm(r['pruned_test_accuracy'])} | {pm(r['val_accuracy'])} | "
+                     f"{pm(r['test_accuracy'])} | {pm(r['latency_s'], 1e3)} |")
     return "\n".join(lines)
 
 
-def plot(summary: dict, widths: dict[str, dict[str, int]], speed_up: float, path_prefix: str) -> list[str]:
-    """Test accuracy vs speed-up (mean ± std per method); kept channels per layer of the first seed's models."""
+def candidate_table(candidates: list[dict], selected: int) -> str:
+    """The ablation: every meta-training candidate's prune-and-probe scores on held-out data models (validation)."""
+    varying = [k for k in CANDIDATE_FIELDS.values() if len({json.dumps(c[k]) for c in candidates}) > 1] or \
+        ["prune_aware_weight"]
+    lines = ["| # | " + " | ".join(varying) + " | transformed (%) | right after pruning (%) | probe (%) | "
+             "identity probe (%) | meta-training (min) |", "|---" * (len(varying) + 6) + "|"]
+    for i, c in enumerate(candidates):
+        v = c["validation_scores"]
+        pct = lambda k: f"{v[k] * 100:.2f}" if k in v else "–"  # noqa: E731
+        mark = " (selected)" if i == selected else ""
+        lines.append(f"| {i}{mark} | " + " | ".join(str(c[k]) for k in varying) + f" | {pct('transformed_accuracy')} | "
+                     f"{pct('pruned_accuracy')} | {pct('probe_accuracy')} | {pct('baseline_probe_accuracy')} | "
+                     f"{c['seconds'] / 60:.1f} |")
+    return "\n".join(lines)
+
+
+def _style():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    return plt
+
+
+def plot(summary: dict, widths: dict[str, dict[str, int]], speed_up: float, path_prefix: str) -> list[str]:
+    """Test accuracy vs speed-up, before and after finetuning (mean ± std per method); kept channels per layer."""
+    plt = _style()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
     base = summary["base"]["test_accuracy"]
-    ax.axhline(base["mean"] * 100, color="gray", ls="--", label="base model")
-    ax.axhspan((base["mean"] - base["std"]) * 100, (base["mean"] + base["std"]) * 100, color="gray", alpha=0.15)
-    for method, _, _ in METHODS:
-        rows = [r for r in summary["rows"] if r["method"] == method]
-        ax.errorbar([r["speed_up"]["mean"] for r in rows], [r["test_accuracy"]["mean"] * 100 for r in rows],
-                    yerr=[r["test_accuracy"]["std"] * 100 for r in rows], marker="o", capsize=3, label=method)
-    ax.set_xlabel("MACs speed-up")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{summary['arguments']['architecture']}: mean ± std over {summary['arguments']['num_seeds']} seeds")
-    ax.legend(fontsize=8)
+    methods = list(dict.fromkeys(r["method"] for r in summary["rows"]))
+    for ax, key, title in ((axes[0], "pruned_test_accuracy", "right after pruning"),
+                           (axes[1], "test_accuracy", "after finetuning")):
+        ax.axhline(base["mean"] * 100, color="gray", ls="--", label="base model")
+        for method in methods:
+            rows = [r for r in summary["rows"] if r["method"] == method]
+            ax.errorbar([r["speed_up"]["mean"] for r in rows], [r[key]["mean"] * 100 for r in rows],
+                        yerr=[r[key]["std"] * 100 for r in rows], marker="o", capsize=3, label=method)
+        ax.set_xlabel("MACs speed-up")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{title} (mean ± std, {summary['arguments']['num_seeds']} seeds)")
+    axes[1].legend(fontsize=8)
+    fig.suptitle(summary["arguments"]["architecture"])
     fig.tight_layout()
     paths = [f"{path_prefix}_accuracy.png"]
     fig.savefig(paths[0], dpi=120)
@@ -301,14 +396,34 @@ def plot(summary: dict, widths: dict[str, dict[str, int]], speed_up: float, path
     return paths
 
 
+def plot_training_curves(candidates: list[dict], path: str) -> str:
+    """Meta-training curves of every candidate: task losses, sparsity term, prune-and-probe accuracy."""
+    plt = _style()
+    panels = (("ce_loss", "CE of W'"), ("pruned_ce_loss", "CE of W' with the pruned units masked"),
+              ("sparsity_term", "λ · sparsity"), ("eval_pruned_accuracy", "held-out: right after pruning (val)"),
+              ("eval_probe_accuracy", "held-out: probe accuracy (val)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.5))
+    for i, c in enumerate(candidates):
+        for ax, (key, title) in zip(axes, panels):
+            points = [(h["step"], h[key]) for h in c["history"] if key in h]
+            if points:
+                ax.plot(*zip(*points), marker="." if key.startswith("eval") else None, label=f"#{i}")
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("meta-training step")
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     cpu = not torch.cuda.is_available()
     common = dict(report_to="none", disable_tqdm=args.disable_tqdm, use_cpu=cpu)
-    if args.bf16:
-        common["bf16"] = True
+    training = dict(common, bf16=True) if args.bf16 else common  # meta-training stays in float32
     finetune_kwargs = dict(batch_size=args.batch_size, learning_rate=args.finetune_learning_rate, logging_steps=50,
-                           **common)
+                           **training)
     cache = Cache(args.output_dir)
 
     data = hm.load_image_classification(args.dataset, val_size=args.val_size, seed=0,
@@ -319,22 +434,27 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"{args.preset}: {args.architecture} on {args.dataset}: {len(data.train)} train / "
         f"{len(data.validation)} validation / {len(data.test)} test images, {torch.get_num_threads()} threads")
 
-    # 1. the zoo (seeds S..S+Z-1) and the base models (seeds 0..S-1): one training recipe
+    # 1. the zoo (seeds S..S+Z-1), the base models (seeds 0..S-1) and the transfer base models: one recipe
     t = time.time()
     zoo_kwargs = dict(batch_size=args.batch_size, learning_rate=args.base_learning_rate, logging_steps=50,
-                      warmup_steps=args.base_warmup, **common)
-    zoo = hm.train_zoo(args.architecture, data, os.path.join(args.output_dir, "zoo"), num_models=args.num_zoo_models,
+                      warmup_steps=args.base_warmup, **training)
+    zoo = hm.train_zoo(args.architecture, data, os.path.join(args.models_dir, "zoo"), num_models=args.num_zoo_models,
                        epochs=args.base_epochs, seed=args.num_seeds, prune_speed_up=args.zoo_prune_speed_up,
                        finetune_epochs=args.zoo_finetune_epochs,
                        finetune_learning_rate=args.zoo_finetune_learning_rate, **zoo_kwargs)
     train_zoo, eval_zoo = zoo.split(args.num_eval_zoo_models)
     cache.add_seconds("zoo", time.time() - t)
     t = time.time()
-    bases = hm.train_zoo(args.architecture, data, os.path.join(args.output_dir, "base"), num_models=args.num_seeds,
+    bases = hm.train_zoo(args.architecture, data, os.path.join(args.models_dir, "base"), num_models=args.num_seeds,
                          epochs=args.base_epochs, seed=0, **zoo_kwargs)
     cache.add_seconds("base_models", time.time() - t)
     log(f"base models: val {list(bases.dataset['val_accuracy'])}; zoo: val {list(zoo.dataset['val_accuracy'])}")
-    if args.models_only:
+    t = time.time()
+    transfer_bases = {arch: hm.train_zoo(arch, data, os.path.join(args.models_dir, f"transfer-{arch}"), num_models=1,
+                                         epochs=args.base_epochs, seed=0, **zoo_kwargs)
+                      for arch in args.transfer_architectures}
+    cache.add_seconds("transfer_base_models", time.time() - t)
+    if args.stop_after == "models":
         return {}
 
     # 2. meta-training: every candidate, selected by prune-and-probe accuracy on the validation split
@@ -342,15 +462,33 @@ def main(argv: list[str] | None = None) -> dict:
     candidates = []
     for i, candidate in enumerate(args.candidates()):
         tc = time.time()
-        model, path, scores = train_metanetwork(args, candidate, i, train_zoo, eval_zoo, data, common)
-        candidates.append(dict(candidate, path=path, validation_scores=scores, seconds=time.time() - tc))
+        _, path, scores, history = train_metanetwork(args, candidate, train_zoo, eval_zoo, data, common)
+        candidates.append(dict(candidate, path=path, validation_scores=scores, seconds=history["seconds"],
+                               history=history["history"]))
         log(f"metanetwork candidate {i} {candidate}: {scores} ({time.time() - tc:.0f}s)")
     best = max(range(len(candidates)), key=lambda i: candidates[i]["validation_scores"].get("probe_accuracy", -1))
     metapruner = hm.MetaPrunerModel.from_pretrained(candidates[best]["path"]).eval()
     cache.add_seconds("meta_training", time.time() - t)
     log(f"selected candidate {best} (probe accuracy {candidates[best]['validation_scores'].get('probe_accuracy')})")
+    meta_key = os.path.basename(os.path.dirname(candidates[best]["path"]))
+    tag = lambda stage: f"{stage}-{meta_key}" if stage.startswith("metanetwork") else stage  # noqa: E731  (cache)
+    os.makedirs(args.results_dir, exist_ok=True)
+    prefix = os.path.join(args.results_dir, f"cifar_{args.preset}")
+    curves = plot_training_curves(candidates, f"{prefix}_training.png")
+    ablation = candidate_table(candidates, best)
+    if args.stop_after == "metanetwork":
+        summary = {"preset": args.preset, "candidate_table": ablation, "metanetwork_candidates": candidates,
+                   "selected_candidate": best, "arguments": asdict(args), "versions": hm.library_versions(),
+                   "plots": [curves]}
+        with open(f"{prefix}_candidates.json", "w") as f:
+            json.dump(summary, f, indent=2)
+        with open(f"{prefix}_candidates.md", "w") as f:
+            f.write(ablation + "\n")
+        print(f"\n{ablation}\nwritten to {prefix}_candidates.json, .md and {curves}", flush=True)
+        return summary
 
     # 3. every method on every base model: pre-prune stage once, then prune to each speed-up and finetune
+    methods = [METHODS[m] for m in args.methods]
     runs, base_rows, widths = [], [], {}
     for seed in range(args.num_seeds):
         base = bases.model(seed)
@@ -363,34 +501,24 @@ def main(argv: list[str] | None = None) -> dict:
             cache.save(f"seed-{seed}/base", base, base_record, args.architecture)
             cache.add_seconds("evaluation", time.time() - t)
         models = {"base": base}
-        pre_models: dict[str, torch.nn.Module] = {}
-        for method, stage, importance in METHODS:
+        pre_models: dict[str, hm.training.PrePruneResult] = {}
+        for method, stage, importance in methods:
             for speed_up in args.speed_ups:
-                name = f"seed-{seed}/{stage}-{importance}-{speed_up:g}x"
+                name = f"seed-{seed}/{tag(stage)}-{importance}-{speed_up:g}x"
                 record = cache.record(name)
                 if record is None:
                     if stage not in pre_models:
                         pre_models[stage] = _pre_prune_stage(args, cache, seed, stage, base, data, metapruner,
-                                                             finetune_kwargs)
-                    t = time.time()
-                    set_seed(seed)  # random pruning draws from torch's generator
-                    result = hm.prune_and_finetune(
-                        pre_models[stage].model, data, speed_up, os.path.join(args.output_dir, "runs", name),
-                        finetune_epochs=args.post_epochs, importance=importance, seed=seed, **finetune_kwargs)
-                    cache.add_seconds("prune_and_finetune", time.time() - t)
-                    t = time.time()
-                    record = {"method": method, "seed": seed, "target_speed_up": speed_up,
-                              "speed_up": result.prune.speed_up, "macs": result.prune.macs_after,
-                              "params": result.prune.params_after, "val_accuracy": result.val_accuracy,
-                              "test_accuracy": evaluate_accuracy(result.model, data, split="test"),
-                              "stage_val_accuracy": result.stage_val_accuracy,
-                              "stage_seconds": result.stage_seconds}
-                    cache.save(name, result.model, record, args.architecture)
-                    cache.add_seconds("evaluation", time.time() - t)
-                    log(f"seed {seed} {method} {speed_up:g}x: {result.prune}, val {record['val_accuracy']:.4f} "
+                                                             finetune_kwargs, name=f"seed-{seed}/pre-{tag(stage)}")
+                    record, model = _prune_and_finetune(args, cache, name, pre_models[stage].model, data, speed_up,
+                                                        importance, seed, finetune_kwargs)
+                    record.update(method=method, seed=seed, target_speed_up=speed_up)
+                    cache.save(name, model, record, args.architecture)
+                    log(f"seed {seed} {method} {speed_up:g}x: {record['speed_up']:.2f}x, right after pruning "
+                        f"test {record['pruned_test_accuracy']:.4f}; finetuned val {record['val_accuracy']:.4f} "
                         f"test {record['test_accuracy']:.4f}")
                 models[(method, speed_up)] = cache.model(name)
-                pre_record = cache.record(f"seed-{seed}/pre-{stage}")  # the whole pipeline's stages in one record
+                pre_record = cache.record(f"seed-{seed}/pre-{tag(stage)}")  # the whole pipeline's stages in one record
                 for key in ("stage_val_accuracy", "stage_seconds"):
                     record[key] = {**pre_record[key], **record[key]}
                 runs.append(record)
@@ -407,54 +535,105 @@ def main(argv: list[str] | None = None) -> dict:
         if seed == 0:
             top = max(args.speed_ups)
             widths = {"base": _out_widths(base)}
-            widths.update({method: _out_widths(models[(method, top)]) for method, _, _ in METHODS})
-        stage_seconds = cache.add_seconds("evaluation", time.time() - t)
+            widths.update({method: _out_widths(models[(method, top)]) for method, _, _ in methods})
+        cache.add_seconds("evaluation", time.time() - t)
+
+    # 4. transfer: the metanetwork (meta-trained on this zoo) on other depths, against DepGraph + SL
+    transfer = []
+    for arch, zoo_of_one in transfer_bases.items():
+        base = zoo_of_one.model(0)
+        for method, stage, importance in (METHODS["depgraph-sl"], METHODS["metanetwork"]):
+            name = f"transfer-{arch}/{tag(stage)}-{importance}-{min(args.speed_ups):g}x"
+            record = cache.record(name)
+            if record is None:
+                pre = _pre_prune_stage(args, cache, 0, stage, base, data, metapruner, finetune_kwargs,
+                                       name=f"transfer-{arch}/pre-{tag(stage)}", architecture=arch)
+                record, model = _prune_and_finetune(args, cache, name, pre.model, data, min(args.speed_ups),
+                                                    importance, 0, finetune_kwargs)
+                record.update(method=method, architecture=arch, seed=0, target_speed_up=min(args.speed_ups),
+                              base_val_accuracy=zoo_of_one.dataset["val_accuracy"][0],
+                              base_test_accuracy=evaluate_accuracy(base, data, split="test"))
+                cache.save(name, model, record, arch)
+                log(f"transfer {arch} {method}: {record['speed_up']:.2f}x, test {record['test_accuracy']:.4f}")
+            transfer.append(record)
+    stage_seconds = json.load(open(os.path.join(args.output_dir, "stage_seconds.json")))
     stage_seconds["total"] = sum(stage_seconds.values())
 
-    # 4. aggregate, write JSON / table / plots
+    # 5. aggregate, write JSON / table / plots
     rows = []
     for speed_up in args.speed_ups:
-        for method, _, _ in METHODS:
+        for method, _, _ in methods:
             rs = [r for r in runs if r["method"] == method and r["target_speed_up"] == speed_up]
             rows.append({"method": method, "target_speed_up": speed_up,
                          **{k: summarize([r[k] for r in rs]) for k in
-                            ("speed_up", "params", "val_accuracy", "test_accuracy", "latency_s")}})
+                            ("speed_up", "params", "pruned_val_accuracy", "pruned_test_accuracy", "val_accuracy",
+                             "test_accuracy", "latency_s")}})
     base_summary = {k: summarize([r[k] for r in base_rows]) for k in ("val_accuracy", "test_accuracy", "latency_s")}
     base_summary["params"] = base_rows[0]["params"]
     base_summary["macs"] = base_rows[0]["macs"]
     table = markdown_table(base_summary, rows, args.latency_batch_size)
-    summary = {"preset": args.preset, "table": table, "base": base_summary, "rows": rows, "runs": runs,
-               "base_runs": base_rows, "metanetwork_candidates": candidates, "selected_candidate": best,
+    transfer_table = "\n".join(
+        ["| architecture | method | MACs speed-up | base test acc (%) | right after pruning (%) | test acc (%) |",
+         "|---|---|---|---|---|---|"] +
+        [f"| {r['architecture']} | {r['method']} | {r['speed_up']:.2f}× | {r['base_test_accuracy'] * 100:.2f} | "
+         f"{r['pruned_test_accuracy'] * 100:.2f} | {r['test_accuracy'] * 100:.2f} |" for r in transfer])
+    summary = {"preset": args.preset, "table": table, "candidate_table": ablation, "transfer_table": transfer_table,
+               "base": base_summary, "rows": rows, "runs": runs, "base_runs": base_rows, "transfer": transfer,
+               "metanetwork_candidates": candidates, "selected_candidate": best,
                "stage_seconds": stage_seconds, "torch_threads": torch.get_num_threads(),
                "device": "cuda" if not cpu else "cpu", "arguments": asdict(args),
                "versions": hm.library_versions()}
-    os.makedirs(args.results_dir, exist_ok=True)
-    prefix = os.path.join(args.results_dir, f"cifar_{args.preset}")
-    summary["plots"] = plot(summary, widths, max(args.speed_ups), prefix)
+    summary["plots"] = plot(summary, widths, max(args.speed_ups), prefix) + [curves]
     with open(f"{prefix}.json", "w") as f:
         json.dump(summary, f, indent=2)
     times = ", ".join(f"{k} {v / 60:.1f} min" for k, v in stage_seconds.items())
+    text = (f"{table}\n\nWall time: {times}.\n\nMeta-training candidates (prune-and-probe on held-out data models, "
+            f"validation split):\n\n{ablation}\n")
+    if transfer:
+        text += f"\nTransfer (1 seed):\n\n{transfer_table}\n"
     with open(f"{prefix}.md", "w") as f:
-        f.write(f"{table}\n\nWall time: {times}.\n")
-    print(f"\n{table}\n\n{times}\nwritten to {prefix}.json, .md, _accuracy.png, _widths.png", flush=True)
+        f.write(text)
+    print(f"\n{text}\nwritten to {prefix}.json, .md and {', '.join(summary['plots'])}", flush=True)
     return summary
 
 
-def _pre_prune_stage(args, cache: Cache, seed: int, stage: str, base, data, metapruner, finetune_kwargs):
-    """The pre-prune stage of one method family on one base model (cached)."""
-    name = f"seed-{seed}/pre-{stage}"
+def _prune_and_finetune(args, cache: Cache, name: str, model, data, speed_up: float, importance: str, seed: int,
+                        finetune_kwargs) -> tuple[dict, torch.nn.Module]:
+    """Prune a copy of ``model``, measure it right away (validation and test), then finetune ``post_epochs``."""
+    t = time.time()
+    set_seed(seed)  # random pruning draws from torch's generator
+    pruned = hm.prune_to_speedup(model, data.example_inputs(), speed_up, importance=importance)
+    prune_seconds = time.time() - t
+    record = {"speed_up": pruned.speed_up, "macs": pruned.macs_after, "params": pruned.params_after,
+              "pruned_val_accuracy": evaluate_accuracy(pruned.model, data),
+              "pruned_test_accuracy": evaluate_accuracy(pruned.model, data, split="test")}
+    t = time.time()
+    tuned = hm.training.finetune(pruned.model, data, os.path.join(args.output_dir, "runs", name),
+                                 epochs=args.post_epochs, seed=seed, **finetune_kwargs)
+    record.update(val_accuracy=tuned.val_accuracy, test_accuracy=evaluate_accuracy(tuned.model, data, split="test"),
+                  stage_val_accuracy={"pruned": record["pruned_val_accuracy"], "finetuned": tuned.val_accuracy},
+                  stage_seconds={"prune": prune_seconds, "finetune": time.time() - t})
+    cache.add_seconds("prune_and_finetune", time.time() - t + prune_seconds)
+    return record, tuned.model
+
+
+def _pre_prune_stage(args, cache: Cache, seed: int, stage: str, base, data, metapruner, finetune_kwargs, name: str,
+                     architecture: str | None = None):
+    """The pre-prune stage of one method family on one base model (cached under ``name``)."""
     record = cache.record(name)
     if record is not None:
         result = hm.training.PrePruneResult(cache.model(name), record["stage_seconds"], record["stage_val_accuracy"])
     else:
         t = time.time()
         result = pre_prune(base, data, os.path.join(args.output_dir, "runs", name),
-                           metapruner=metapruner if stage == "metanetwork" else None, epochs=args.pre_epochs,
-                           sparsity_lambda=args.sl_lambda if stage == "sparse" else 0.0, seed=seed, **finetune_kwargs)
+                           metapruner=metapruner if stage.startswith("metanetwork") else None, epochs=args.pre_epochs,
+                           sparsity_lambda=args.sl_lambda if stage in ("sparse", "metanetwork-sparse") else 0.0,
+                           seed=seed, **finetune_kwargs)
         cache.add_seconds("pre_prune", time.time() - t)
         cache.save(name, result.model, {"stage_seconds": result.stage_seconds,
-                                        "stage_val_accuracy": result.stage_val_accuracy}, args.architecture)
-        log(f"seed {seed} pre-prune '{stage}': {result.stage_val_accuracy} ({time.time() - t:.0f}s)")
+                                        "stage_val_accuracy": result.stage_val_accuracy},
+                   architecture or args.architecture)
+        log(f"{name}: {result.stage_val_accuracy} ({time.time() - t:.0f}s)")
     return result
 
 

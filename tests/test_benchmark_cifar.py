@@ -43,6 +43,15 @@ def test_presets_and_overrides(cifar_benchmark):
         cifar_benchmark.parse_args(["--meta_learning_rate", "1e-3", "2e-3", "--meta_sparsity_lambda", "1", "2", "3"])
     with pytest.raises(ValueError, match="held-out"):
         cifar_benchmark.parse_args(["--num_zoo_models", "1"])
+    with pytest.raises(ValueError, match="unknown"):
+        cifar_benchmark.parse_args(["--methods", "depgraph", "magic"])
+    cpu = cifar_benchmark.parse_args(["--preset", "cpu"])
+    assert (cpu.base_epochs, cpu.val_size, cpu.max_train_samples, cpu.pre_epochs, cpu.post_epochs) == (20.0, 5000, 0,
+                                                                                                        3.0, 6.0)
+    assert cpu.num_zoo_models - cpu.num_eval_zoo_models >= 8 and cpu.num_eval_zoo_models >= 2
+    ablation = cifar_benchmark.parse_args(["--preset", "cpu-ablation"])
+    assert ablation.output_dir == cpu.output_dir and ablation.stop_after == "metanetwork"
+    assert len(ablation.candidates()) == 8 and cpu.candidates()[0] in ablation.candidates()  # the winner is one
 
 
 def test_cpu_small_runs_end_to_end_and_resumes(cifar_benchmark, tmp_path):
@@ -51,13 +60,13 @@ def test_cpu_small_runs_end_to_end_and_resumes(cifar_benchmark, tmp_path):
                    "--meta_sparsity_relative", "false", "true", "--meta_residual_scale", "0.1"]
     summary = cifar_benchmark.main(argv)
     prefix = tmp_path / "results" / "cifar_cpu-small"
-    for suffix in (".json", ".md", "_accuracy.png", "_widths.png"):
+    for suffix in (".json", ".md", "_accuracy.png", "_widths.png", "_training.png"):
         assert (tmp_path / "results" / f"cifar_cpu-small{suffix}").stat().st_size > 0
     written = json.loads(prefix.with_suffix(".json").read_text())
     assert written["table"] == summary["table"]
     assert written["versions"] == hm.library_versions() and written["versions"]["torch"] == torch.__version__.split("+")[0]
 
-    methods = [m for m, _, _ in cifar_benchmark.METHODS]
+    methods = [name for name, _, _ in cifar_benchmark.METHODS.values()]
     assert [(r["method"], r["target_speed_up"]) for r in written["rows"]] == \
         [(m, s) for s in (2.0, 3.0) for m in methods]
     assert len(written["runs"]) == 2 * 2 * len(methods)  # seeds x speed-ups x methods
@@ -67,6 +76,7 @@ def test_cpu_small_runs_end_to_end_and_resumes(cifar_benchmark, tmp_path):
         for a in row["val_accuracy"]["values"] + row["test_accuracy"]["values"]:  # counts of 100 images
             assert a * 100 == pytest.approx(round(a * 100)) and a > 0
         assert row["latency_s"]["mean"] > 0
+        assert all(0 < a <= 1 for a in row["pruned_test_accuracy"]["values"])
     # every method pruned the same base models: same base record per seed, different seeds differ
     assert len(written["base_runs"]) == 2 and written["base_runs"][0] != written["base_runs"][1]
     # one pre-prune stage per family: DepGraph w/o SL and random share it, so their stage accuracies agree
@@ -74,6 +84,10 @@ def test_cpu_small_runs_end_to_end_and_resumes(cifar_benchmark, tmp_path):
     assert by_key[("random", 0, 2.0)]["stage_val_accuracy"]["pre_prune"] == \
         by_key[("DepGraph w/o SL", 0, 2.0)]["stage_val_accuracy"]["pre_prune"]
     assert "transformed" in by_key[("metanetwork", 0, 3.0)]["stage_val_accuracy"]
+    assert by_key[("metanetwork + SL", 0, 3.0)]["stage_val_accuracy"]["transformed"] == \
+        by_key[("metanetwork", 0, 3.0)]["stage_val_accuracy"]["transformed"]
+    for r in written["runs"]:  # accuracy right after pruning is measured before the finetune changes the model
+        assert r["stage_val_accuracy"]["pruned"] == r["pruned_val_accuracy"]
     # the metanetwork was selected on validation probe scores among both candidates
     scores = [c["validation_scores"]["probe_accuracy"] for c in written["metanetwork_candidates"]]
     assert len(scores) == 2 and scores[written["selected_candidate"]] == max(scores)
@@ -88,3 +102,16 @@ def test_cpu_small_runs_end_to_end_and_resumes(cifar_benchmark, tmp_path):
     times_again = json.loads((tmp_path / "out" / "stage_seconds.json").read_text())
     assert times_again["pre_prune"] == times["pre_prune"]
     assert times_again["prune_and_finetune"] == times["prune_and_finetune"]
+    assert times_again["meta_training"] - times["meta_training"] < 30  # candidates are cached, not retrained
+
+
+def test_stop_after_metanetwork_writes_the_candidate_table(cifar_benchmark, tmp_path):
+    argv = TINY + ["--output_dir", str(tmp_path / "out"), "--results_dir", str(tmp_path / "results"),
+                   "--num_seeds", "1", "--stop_after", "metanetwork", "--meta_prune_aware_weight", "0", "0.5",
+                   "--meta_learning_rate", "1e-3", "--meta_sparsity_lambda", "3e-3", "--meta_residual_scale", "0.1"]
+    summary = cifar_benchmark.main(argv)
+    table = (tmp_path / "results" / "cifar_cpu-small_candidates.md").read_text()
+    assert "| prune_aware_weight |" in table and table.count("\n") == 4  # header, rule, two candidates
+    assert [c["prune_aware_weight"] for c in summary["metanetwork_candidates"]] == [0.0, 0.5]
+    assert (tmp_path / "results" / "cifar_cpu-small_training.png").stat().st_size > 0
+    assert not (tmp_path / "out" / "seed-0").exists()  # no method was run

@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 import hf_metaprune as hm
-from hf_metaprune.pruning import module_widths
 from hf_metaprune.training import MetaPrunerTrainer
 from hf_metaprune.training.metapruner_trainer import task_loss
 from hf_metaprune.training.objectives import ChannelGroups
