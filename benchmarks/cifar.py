@@ -62,7 +62,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         meta_learning_rate=[1e-3], meta_sparsity_lambda=[3e-2], meta_sparsity_relative=[True],
         meta_residual_scale=[0.1], meta_prune_aware_weight=[0.5], task_batch_size=64, meta_task_batches_per_step=[2],
         speed_ups=[2.0, 3.0], pre_epochs=3.0, post_epochs=6.0, sl_lambda=2.5e-3,
-        methods=["depgraph", "depgraph-sl", "metanetwork", "metanetwork-sl"], models_dir="zoos/cifar10-resnet20",
+        methods=["depgraph-sl", "metanetwork", "metanetwork-sl"], models_dir="zoos/cifar10-resnet20",
         transfer_architectures=["cifar_resnet32", "cifar_resnet56"]),
     # the ablation behind the "cpu" preset's metanetwork: every lever as a candidate, meta-training only
     "cpu-ablation": dict(stop_after="metanetwork"),
@@ -489,7 +489,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 3. every method on every base model: pre-prune stage once, then prune to each speed-up and finetune
     methods = [METHODS[m] for m in args.methods]
-    runs, base_rows, widths = [], [], {}
+    runs, base_rows, widths, directs = [], [], {}, []
     for seed in range(args.num_seeds):
         base = bases.model(seed)
         base_record = cache.record(f"seed-{seed}/base")
@@ -522,6 +522,20 @@ def main(argv: list[str] | None = None) -> dict:
                 for key in ("stage_val_accuracy", "stage_seconds"):
                     record[key] = {**pre_record[key], **record[key]}
                 runs.append(record)
+        direct = cache.record(f"seed-{seed}/direct-{meta_key}")  # no training at all: the transform's own effect
+        if direct is None:
+            t = time.time()
+            transformed = metapruner.transform(base, x)
+            direct = {"seed": seed, "transformed_val_accuracy": evaluate_accuracy(transformed, data), "speed_ups": {}}
+            for speed_up in args.speed_ups:
+                accs = {}
+                for key, model in (("base", base), ("transformed", transformed)):
+                    pruned = hm.prune_to_speedup(model, x, speed_up).model
+                    accs[key] = {split: evaluate_accuracy(pruned, data, split=split) for split in ("validation", "test")}
+                direct["speed_ups"][f"{speed_up:g}"] = accs
+            cache.save(f"seed-{seed}/direct-{meta_key}", transformed, direct, args.architecture)
+            cache.add_seconds("evaluation", time.time() - t)
+        directs.append(direct)
         t = time.time()  # CPU latency of every model of this seed, interleaved so they share the noise
         cpu_models = {k: copy.deepcopy(m).cpu().eval() for k, m in models.items()}
         keys = list(cpu_models)
@@ -572,12 +586,21 @@ def main(argv: list[str] | None = None) -> dict:
     base_summary["params"] = base_rows[0]["params"]
     base_summary["macs"] = base_rows[0]["macs"]
     table = markdown_table(base_summary, rows, args.latency_batch_size)
+    direct_rows = []
+    for speed_up in args.speed_ups:
+        for key, label in (("base", "base model, pruned"), ("transformed", "metanetwork transform, pruned")):
+            values = [d["speed_ups"][f"{speed_up:g}"][key]["test"] for d in directs]
+            direct_rows.append(f"| {label} | {speed_up:g}× | {summarize(values)['mean'] * 100:.2f} ± "
+                               f"{summarize(values)['std'] * 100:.2f} |")
+    direct_table = "\n".join(["| no training at all | target | test acc right after pruning (%) |", "|---|---|---|"]
+                              + direct_rows)
     transfer_table = "\n".join(
         ["| architecture | method | MACs speed-up | base test acc (%) | right after pruning (%) | test acc (%) |",
          "|---|---|---|---|---|---|"] +
         [f"| {r['architecture']} | {r['method']} | {r['speed_up']:.2f}× | {r['base_test_accuracy'] * 100:.2f} | "
          f"{r['pruned_test_accuracy'] * 100:.2f} | {r['test_accuracy'] * 100:.2f} |" for r in transfer])
     summary = {"preset": args.preset, "table": table, "candidate_table": ablation, "transfer_table": transfer_table,
+               "direct_table": direct_table, "direct": directs,
                "base": base_summary, "rows": rows, "runs": runs, "base_runs": base_rows, "transfer": transfer,
                "metanetwork_candidates": candidates, "selected_candidate": best,
                "stage_seconds": stage_seconds, "torch_threads": torch.get_num_threads(),
@@ -587,7 +610,7 @@ def main(argv: list[str] | None = None) -> dict:
     with open(f"{prefix}.json", "w") as f:
         json.dump(summary, f, indent=2)
     times = ", ".join(f"{k} {v / 60:.1f} min" for k, v in stage_seconds.items())
-    text = (f"{table}\n\nWall time: {times}.\n\nMeta-training candidates (prune-and-probe on held-out data models, "
+    text = (f"{table}\n\n{direct_table}\n\nWall time: {times}.\n\nMeta-training candidates (prune-and-probe on held-out data models, "
             f"validation split):\n\n{ablation}\n")
     if transfer:
         text += f"\nTransfer (1 seed):\n\n{transfer_table}\n"

@@ -92,6 +92,9 @@ def test_cpu_small_runs_end_to_end_and_resumes(cifar_benchmark, tmp_path):
     scores = [c["validation_scores"]["probe_accuracy"] for c in written["metanetwork_candidates"]]
     assert len(scores) == 2 and scores[written["selected_candidate"]] == max(scores)
     assert "| DepGraph + SL | 3× |" in prefix.with_suffix(".md").read_text()
+    assert "| metanetwork transform, pruned | 3× |" in prefix.with_suffix(".md").read_text()
+    assert [d["seed"] for d in written["direct"]] == [0, 1]
+    assert set(written["direct"][0]["speed_ups"]) == {"2", "3"}
 
     # a second call finds everything cached: same numbers, no training
     times = json.loads((tmp_path / "out" / "stage_seconds.json").read_text())

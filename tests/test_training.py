@@ -4,6 +4,7 @@ import os
 
 import datasets
 import pytest
+import timm
 import torch
 
 import hf_metaprune as hm
@@ -68,6 +69,25 @@ def test_lightly_pruned_zoo_members_have_varying_widths(cifar_small, tmp_path):
     assert model(cifar_small.example_inputs(2)).shape == (2, 10)
     macs, _ = hm.count_macs_and_params(model, cifar_small.example_inputs())
     assert zoo.dataset["macs"][0] == pytest.approx(macs)
+
+
+def test_light_pruning_cycles_over_seeds_and_is_part_of_the_recipe(cifar_small, tmp_path):
+    kw = dict(epochs=0.05, finetune_epochs=0.05, batch_size=64, disable_tqdm=True, save_strategy="no",
+              eval_strategy="no", load_best_model_at_end=False)
+    zoo = train_zoo("cifar_resnet20", cifar_small, str(tmp_path), num_models=3, seed=1, prune_speed_up=[1.0, 1.5],
+                    finetune_learning_rate=0.01, **kw)
+    full, _ = hm.count_macs_and_params(timm.create_model("cifar_resnet20", num_classes=10),
+                                       cifar_small.example_inputs())
+    ratios = [full / m for m in zoo.dataset["macs"]]  # seed s gets entry s % 2: seeds 1 and 3 pruned, 2 not
+    assert ratios[1] == 1.0 and 1.5 <= ratios[0] <= 1.5 * 1.01 and 1.5 <= ratios[2] <= 1.5 * 1.01
+    assert zoo.recipe["prune_speed_up"] == [1.0, 1.5] and zoo.recipe["finetune_learning_rate"] == 0.01
+    with pytest.raises(ValueError, match=r"prune_speed_up: \[1.0, 1.5\] in the zoo, \[1.0, 1.3\] now"):
+        train_zoo("cifar_resnet20", cifar_small, str(tmp_path), num_models=4, seed=1, prune_speed_up=[1.0, 1.3],
+                  finetune_learning_rate=0.01, **kw)
+    for bad in ([], [0.5, 2.0], ["2"], 0.9):
+        with pytest.raises(ValueError, match="prune_speed_up must be"):
+            train_zoo("cifar_resnet20", cifar_small, str(tmp_path / "bad"), num_models=1, prune_speed_up=bad, **kw)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_bad_zoos_are_clear_errors(tiny_zoo):
