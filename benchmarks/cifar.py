@@ -95,14 +95,14 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # --preset cpu-ablation: the levers of the meta-objective, one candidate each (zipped lists; read across)
 ABLATION_CANDIDATES: dict[str, list] = dict(
-    #                          published  +prune-aware  +schedule,KD  mask only  straight-thr.  no sparsity  ε=0.3  4 batches
-    meta_prune_aware_weight=[0.0, 0.5, 0.5, 1.0, 0.5, 0.5, 0.5, 0.5],
-    meta_prune_aware_temperature=[0.0, 0.0, 0.0, 0.0, 0.05, 0.0, 0.0, 0.0],
-    meta_distill_weight=[0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0],
-    meta_warmup=[0.0, 0.0, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0],
-    meta_sparsity_lambda=[3e-2, 3e-2, 3e-2, 3e-2, 3e-2, 0.0, 3e-2, 3e-2],
-    meta_residual_scale=[0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.3, 0.1],
-    meta_task_batches_per_step=[2, 2, 2, 2, 2, 2, 2, 4],
+    #             published  +prune-aware  +schedule,KD  mask only  mask only, λ=0  straight-thr.  λ=0  ε=0.3  4 batches
+    meta_prune_aware_weight=[0.0, 0.5, 0.5, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5],
+    meta_prune_aware_temperature=[0.0, 0.0, 0.0, 0.0, 0.0, 0.05, 0.0, 0.0, 0.0],
+    meta_distill_weight=[0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+    meta_warmup=[0.0, 0.0, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+    meta_sparsity_lambda=[3e-2, 3e-2, 3e-2, 3e-2, 0.0, 3e-2, 0.0, 3e-2, 3e-2],
+    meta_residual_scale=[0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.3, 0.1],
+    meta_task_batches_per_step=[2, 2, 2, 2, 2, 2, 2, 2, 4],
 )
 
 METHODS = {  # key: (table name, pre-prune stage, pruning criterion)
@@ -434,27 +434,27 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"{args.preset}: {args.architecture} on {args.dataset}: {len(data.train)} train / "
         f"{len(data.validation)} validation / {len(data.test)} test images, {torch.get_num_threads()} threads")
 
-    # 1. the zoo (seeds S..S+Z-1), the base models (seeds 0..S-1) and the transfer base models: one recipe
-    t = time.time()
+    # 1. the zoo (seeds S..S+Z-1), the base models (seeds 0..S-1) and the transfer base models: one recipe, each
+    # trained when first needed (the ablation needs only the zoo; the transfer rows come last)
     zoo_kwargs = dict(batch_size=args.batch_size, learning_rate=args.base_learning_rate, logging_steps=50,
                       warmup_steps=args.base_warmup, **training)
-    zoo = hm.train_zoo(args.architecture, data, os.path.join(args.models_dir, "zoo"), num_models=args.num_zoo_models,
-                       epochs=args.base_epochs, seed=args.num_seeds, prune_speed_up=args.zoo_prune_speed_up,
-                       finetune_epochs=args.zoo_finetune_epochs,
-                       finetune_learning_rate=args.zoo_finetune_learning_rate, **zoo_kwargs)
+
+    def base_models(architecture: str, folder: str, num_models: int, seed: int, **kwargs) -> hm.DataModelZoo:
+        t = time.time()
+        models = hm.train_zoo(architecture, data, os.path.join(args.models_dir, folder), num_models=num_models,
+                              epochs=args.base_epochs, seed=seed, **zoo_kwargs, **kwargs)
+        cache.add_seconds(folder.split("-")[0] + "_models", time.time() - t)
+        return models
+
+    zoo = base_models(args.architecture, "zoo", args.num_zoo_models, seed=args.num_seeds,
+                      prune_speed_up=args.zoo_prune_speed_up, finetune_epochs=args.zoo_finetune_epochs,
+                      finetune_learning_rate=args.zoo_finetune_learning_rate)
     train_zoo, eval_zoo = zoo.split(args.num_eval_zoo_models)
-    cache.add_seconds("zoo", time.time() - t)
-    t = time.time()
-    bases = hm.train_zoo(args.architecture, data, os.path.join(args.models_dir, "base"), num_models=args.num_seeds,
-                         epochs=args.base_epochs, seed=0, **zoo_kwargs)
-    cache.add_seconds("base_models", time.time() - t)
-    log(f"base models: val {list(bases.dataset['val_accuracy'])}; zoo: val {list(zoo.dataset['val_accuracy'])}")
-    t = time.time()
-    transfer_bases = {arch: hm.train_zoo(arch, data, os.path.join(args.models_dir, f"transfer-{arch}"), num_models=1,
-                                         epochs=args.base_epochs, seed=0, **zoo_kwargs)
-                      for arch in args.transfer_architectures}
-    cache.add_seconds("transfer_base_models", time.time() - t)
+    transfer_bases = lambda: {arch: base_models(arch, f"transfer-{arch}", 1, seed=0)  # noqa: E731
+                              for arch in args.transfer_architectures}
     if args.stop_after == "models":
+        base_models(args.architecture, "base", args.num_seeds, seed=0)
+        transfer_bases()
         return {}
 
     # 2. meta-training: every candidate, selected by prune-and-probe accuracy on the validation split
@@ -488,6 +488,8 @@ def main(argv: list[str] | None = None) -> dict:
         return summary
 
     # 3. every method on every base model: pre-prune stage once, then prune to each speed-up and finetune
+    bases = base_models(args.architecture, "base", args.num_seeds, seed=0)
+    log(f"base models: val {list(bases.dataset['val_accuracy'])}; zoo: val {list(zoo.dataset['val_accuracy'])}")
     methods = [METHODS[m] for m in args.methods]
     runs, base_rows, widths, directs = [], [], {}, []
     for seed in range(args.num_seeds):
@@ -554,7 +556,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 4. transfer: the metanetwork (meta-trained on this zoo) on other depths, against DepGraph + SL
     transfer = []
-    for arch, zoo_of_one in transfer_bases.items():
+    for arch, zoo_of_one in transfer_bases().items():
         base = zoo_of_one.model(0)
         for method, stage, importance in (METHODS["depgraph-sl"], METHODS["metanetwork"]):
             name = f"transfer-{arch}/{tag(stage)}-{importance}-{min(args.speed_ups):g}x"

@@ -51,7 +51,7 @@ def test_presets_and_overrides(cifar_benchmark):
     assert cpu.num_zoo_models - cpu.num_eval_zoo_models >= 8 and cpu.num_eval_zoo_models >= 2
     ablation = cifar_benchmark.parse_args(["--preset", "cpu-ablation"])
     assert ablation.output_dir == cpu.output_dir and ablation.stop_after == "metanetwork"
-    assert len(ablation.candidates()) == 8 and cpu.candidates()[0] in ablation.candidates()  # the winner is one
+    assert len(ablation.candidates()) == 9 and cpu.candidates()[0] in ablation.candidates()  # the winner is one
 
 
 def test_cpu_small_runs_end_to_end_and_resumes(cifar_benchmark, tmp_path):
@@ -98,7 +98,7 @@ def test_cpu_small_runs_end_to_end_and_resumes(cifar_benchmark, tmp_path):
 
     # a second call finds everything cached: same numbers, no training
     times = json.loads((tmp_path / "out" / "stage_seconds.json").read_text())
-    assert set(times) >= {"base_models", "zoo", "meta_training", "pre_prune", "prune_and_finetune", "evaluation"}
+    assert set(times) >= {"base_models", "zoo_models", "meta_training", "pre_prune", "prune_and_finetune", "evaluation"}
     again = cifar_benchmark.main(argv)
     for key in ("val_accuracy", "test_accuracy", "speed_up"):
         assert [r[key]["values"] for r in again["rows"]] == [r[key]["values"] for r in summary["rows"]]
