@@ -285,3 +285,16 @@ def test_group_sparsity_penalty_matches_a_direct_computation_and_its_relative_fo
     absolute, relative = sparsity_penalty(groups, params)[0], sparsity_penalty(groups, params, relative=True)[0]
     assert sparsity_penalty(groups, scaled)[0].item() == pytest.approx(9 * absolute.item(), rel=1e-4)
     assert sparsity_penalty(groups, scaled, relative=True)[0].item() == pytest.approx(relative.item(), rel=1e-4)
+
+
+def test_finetune_resume_continues_from_the_newest_full_checkpoint(cifar_small, tmp_path):
+    kw = dict(max_steps=4, batch_size=32, disable_tqdm=True, resume=True, seed=0, logging_steps=1)
+    torch.manual_seed(0)
+    first = finetune(timm.create_model("cifar_resnet20", num_classes=10), cifar_small, str(tmp_path), **kw)
+    assert os.path.isfile(tmp_path / "checkpoint-4" / "optimizer.pt")  # full state, so the schedule can continue
+    torch.manual_seed(1)  # other initial weights: resuming must replace them with the checkpoint's, not train them
+    again = finetune(timm.create_model("cifar_resnet20", num_classes=10), cifar_small, str(tmp_path), **kw)
+    for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()):
+        assert torch.equal(a, b)
+    assert [e["step"] for e in again.log_history if "loss" in e] == [e["step"] for e in first.log_history
+                                                                     if "loss" in e] == [1, 2, 3, 4]  # none rerun

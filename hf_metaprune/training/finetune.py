@@ -7,6 +7,7 @@ best epoch is chosen on the validation split carved from the training data, neve
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
 
 from ..data import ClassificationData, accuracy
 from ..modeling_metapruner import _device_of
@@ -135,6 +137,7 @@ def finetune(
     seed: int = 42,
     channels_last: bool = True,
     optimizers: tuple[torch.optim.Optimizer | None, Any] = (None, None),
+    resume: bool = False,
     **training_args: Any,
 ) -> FinetuneResult:
     """Train ``model`` in place on ``data.train`` and return it with its best validation accuracy.
@@ -143,6 +146,8 @@ def finetune(
     (sparse learning, so the model prunes better afterwards). Further keyword arguments go to
     ``TrainingArguments`` (e.g. ``report_to``, ``bf16``, ``optim="adamw_torch"``); ``optimizers`` takes your own
     optimizer and scheduler. With ``epochs == 0`` and ``max_steps <= 0`` only the validation accuracy is measured.
+    ``resume=True`` saves full checkpoints (optimizer, scheduler, RNG) and continues from the newest one in
+    ``output_dir``, so an interrupted long run loses at most one epoch.
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
@@ -156,7 +161,7 @@ def finetune(
         lr_scheduler_type="cosine", warmup_steps=0, optim="sgd", eval_strategy="epoch", save_strategy="epoch",
         save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="accuracy", greater_is_better=True,
         logging_strategy="steps", logging_steps=50, seed=seed, data_seed=seed, report_to="none",
-        remove_unused_columns=False, save_only_model=True)
+        remove_unused_columns=False, save_only_model=not resume)
     if max_steps > 0:
         defaults.update(eval_strategy="steps", save_strategy="steps", eval_steps=max_steps, save_steps=max_steps)
     defaults.update(training_args)
@@ -168,7 +173,10 @@ def finetune(
         teacher=teacher, distill_alpha=distill_alpha, distill_temperature=distill_temperature,
         sparsity_groups=groups, sparsity_lambda=sparsity_lambda, sparsity_alpha=sparsity_alpha,
         eval_collator=data.collator(augment=False))
-    trainer.train()
+    last = get_last_checkpoint(output_dir) if resume and os.path.isdir(output_dir) else None
+    if last is not None and not os.path.isfile(os.path.join(last, "optimizer.pt")):
+        last = None  # a weights-only checkpoint cannot continue the schedule: start over
+    trainer.train(resume_from_checkpoint=last)
     model = trainer.accelerator.unwrap_model(trainer.model).model
     model.to(memory_format=torch.contiguous_format).eval()
     score = trainer.state.best_metric

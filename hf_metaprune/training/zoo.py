@@ -338,11 +338,12 @@ def train_zoo(
         if not architecture.startswith(HF_PREFIX) and architecture_of(model) is None:
             model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), "architecture": architecture}
         run_dir = os.path.join(output_dir, "runs", f"seed{s}")
-        result = finetune(model, data, run_dir, epochs=epochs, seed=s, **finetune_kwargs)
+        result = finetune(model, data, run_dir, epochs=epochs, seed=s, resume=True, **finetune_kwargs)
         speed_up = speed_ups[s % len(speed_ups)] if speed_ups else 1.0
         if speed_up > 1.0:
             pruned = prune_to_speedup(result.model, x, speed_up, importance="group_l2").model
-            result = finetune(pruned, data, run_dir + "-pruned", epochs=finetune_epochs, seed=s, **post_prune_kwargs)
+            result = finetune(pruned, data, run_dir + "-pruned", epochs=finetune_epochs, seed=s, resume=True,
+                              **post_prune_kwargs)
         macs, _ = count_macs_and_params(result.model, x)
         name, kwargs = _describe_transformers(result.model) if architecture.startswith(HF_PREFIX) \
             else (architecture, model_kwargs)
