@@ -7,7 +7,7 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["hf_metaprune", "hf_metaprune.*"]),
-    package_data={"hf_metaprune": ["model_cards/*.md"]},
+    package_data={"hf_metaprune": ["methods/*/*.md"]},
     python_requires=">=3.10",
     # Lowest versions checked by the test suite (torch 2.14.1 / torchvision 0.29.1); no upper pins.
     install_requires=[

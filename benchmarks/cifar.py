@@ -48,7 +48,7 @@ from transformers import HfArgumentParser, set_seed
 warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")  # torch_geometric, at import
 
 import hf_metaprune as hm  # noqa: E402
-from hf_metaprune.pruning.speedup import module_widths  # noqa: E402
+from hf_metaprune.pruning import module_widths  # noqa: E402
 from hf_metaprune.training import evaluate_accuracy, pre_prune  # noqa: E402
 
 PRESETS: dict[str, dict[str, Any]] = {

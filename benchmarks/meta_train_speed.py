@@ -45,7 +45,7 @@ from torch.func import functional_call
 import hf_metaprune as hm
 from hf_metaprune.data import ImageClassificationData, TensorImageDataset
 from hf_metaprune.pruning import count_macs_and_params
-from hf_metaprune.training.objectives import sparsity_penalty
+from hf_metaprune.pruning import sparsity_penalty
 from hf_metaprune.training.zoo import ZOO_FEATURES, DataModelZoo
 
 # Published metanetwork size for ResNet-56 (DESIGN.md): 8 layers x 64 hidden; ResNet-20 uses the same.

@@ -1,17 +1,17 @@
 """hf_metaprune: meta-learned structured pruning with graph metanetworks, Hugging Face style."""
 from . import models  # registers the CIFAR models with timm
-from .configuration_metapruner import MetaPrunerConfig
 from .graph import NetworkGraph, UnsupportedModuleError, graph_to_model, model_to_graph
-from .modeling_metapruner import MetaPrunerModel
-from .pruning import PruneResult, count_macs_and_params, load_pruned, prune_to_speedup, save_pruned
+from .pruning import ChannelGroups, PruneResult, count_macs_and_params, load_pruned, prune_to_speedup, save_pruned
 from .data import load_image_classification, load_text_classification
 from .env import library_versions
-from .training import (DataModelZoo, MetaPrunerTrainer, MetaPrunerTrainingArguments, finetune,
-                       prune_and_finetune, train_zoo)
+from .training import DataModelZoo, finetune, prune_and_finetune, train_zoo
+from .methods import get_method
+from .methods.metapruner import MetaPrunerConfig, MetaPrunerModel, MetaPrunerTrainer, MetaPrunerTrainingArguments
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChannelGroups",
     "DataModelZoo",
     "MetaPrunerConfig",
     "MetaPrunerModel",
@@ -22,6 +22,7 @@ __all__ = [
     "UnsupportedModuleError",
     "count_macs_and_params",
     "finetune",
+    "get_method",
     "graph_to_model",
     "library_versions",
     "load_image_classification",

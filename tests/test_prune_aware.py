@@ -6,9 +6,8 @@ import torch
 from torch import nn
 
 import hf_metaprune as hm
-from hf_metaprune.training import MetaPrunerTrainer
-from hf_metaprune.training.metapruner_trainer import task_loss
-from hf_metaprune.training.objectives import ChannelGroups
+from hf_metaprune import ChannelGroups, MetaPrunerTrainer
+from hf_metaprune.methods.metapruner import task_loss
 
 from test_training import _args, _metapruner
 

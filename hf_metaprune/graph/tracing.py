@@ -222,3 +222,9 @@ def channel_dim_size(module: nn.Module, is_out: bool) -> int:
     if weight is None:
         return 0
     return int(weight.shape[0] if is_out else weight.shape[-1])
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (CPU for a model without parameters)."""
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")

@@ -18,13 +18,14 @@ from typing import Any, Callable
 import torch
 import torch_pruning as tp
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from transformers import PreTrainedModel
 
 from ..graph.attention import find_attention_modules, sync_head_counts
 from ..graph.errors import UnsupportedModuleError
 from ..graph.tracing import (ROOT_MODULE_TYPES, build_dependency_graph, call_model, channel_dim_size,
                              check_supported_modules)
+from .cost import count_macs, count_macs_and_params
+from .groups import head_size, num_channel_groups, prunable_groups
 from .pretrained import attach_pruned_config
 
 logger = logging.getLogger(__name__)
@@ -58,57 +59,6 @@ class PruneResult:
         return (f"PruneResult(speed_up={self.speed_up:.3f}, macs {self.macs_before / 1e6:.2f}M -> "
                 f"{self.macs_after / 1e6:.2f}M, params {self.params_before / 1e6:.3f}M -> "
                 f"{self.params_after / 1e6:.3f}M, steps={self.steps}{note})")
-
-
-def count_macs_and_params(model: nn.Module, example_inputs: Any) -> tuple[float, int]:
-    """MACs of one forward on ``example_inputs`` (convolutions and matrix products) and parameter count."""
-    macs, _ = _count_macs(model, example_inputs)
-    return macs, sum(p.numel() for p in model.parameters())
-
-
-# PyTorch counts fused attention only for its GPU kernels; the CPU kernel costs the same two matrix products.
-_ATTENTION_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu:
-                    lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)}
-
-
-def _count_macs(model: nn.Module, example_inputs: Any) -> tuple[float, dict[nn.Module, float]]:
-    """Total and per-module MACs (inclusive of submodules), counted by PyTorch's ``FlopCounterMode`` (FLOPs / 2)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=_ATTENTION_FLOPS) as counter:
-            call_model(model, example_inputs)
-    finally:
-        model.train(was_training)
-    by_name = {name.split(".", 1)[1]: sum(ops.values()) / 2 for name, ops in counter.get_flop_counts().items()
-               if "." in name}
-    per_module = {m: by_name.get(n, 0.0) for n, m in model.named_modules() if n}
-    return counter.get_total_flops() / 2, per_module
-
-
-@torch.inference_mode()
-def measure_latency(models: dict[str, nn.Module], example_inputs: Any, runs: int = 20, warmup: int = 3,
-                    channels_last: bool = False) -> dict[str, float]:
-    """Median seconds per forward of each model on ``example_inputs``.
-
-    Models are timed interleaved, one call each per round, so machine load drifts affect all of them alike;
-    MACs ratios alone say nothing about real speed. ``channels_last`` times channels-last copies (the fast CPU
-    layout; the models passed in keep their memory format). Models are put in eval mode.
-    """
-    if channels_last:
-        models = {k: copy.deepcopy(m).to(memory_format=torch.channels_last) for k, m in models.items()}
-        example_inputs = example_inputs.contiguous(memory_format=torch.channels_last)
-    for m in models.values():
-        m.eval()
-        for _ in range(warmup):  # allocator, oneDNN kernel selection
-            call_model(m, example_inputs)
-    times: dict[str, list[float]] = {k: [] for k in models}
-    for _ in range(runs):
-        for k, m in models.items():
-            start = time.perf_counter()
-            call_model(m, example_inputs)
-            times[k].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _resolve_importance(importance) -> tp.importance.Importance:
@@ -222,7 +172,7 @@ def _prune_copy(model: nn.Module, example_inputs: Any, ignored_names: set[str], 
     head_dims = {p: a.head_dim for a in attention for p in a.projections}
     prune_hidden = not attention if prune_hidden is None else prune_hidden
     dg = build_dependency_graph(model, example_inputs)  # checks the example inputs first
-    macs, layer_macs = _count_macs(model, example_inputs)  # one counting forward serves the start and step 1
+    macs, layer_macs = count_macs(model, example_inputs)  # one counting forward serves the start and step 1
     macs0, params0 = macs, sum(p.numel() for p in model.parameters())
     target, floor = macs0 / speed_up, macs0 / (speed_up * (1 + tolerance))
     ignored = {model.get_submodule(n) for n in ignored_names}
@@ -233,7 +183,7 @@ def _prune_copy(model: nn.Module, example_inputs: Any, ignored_names: set[str], 
     while macs > target:
         if steps >= max_steps:
             raise RuntimeError(f"did not reach {speed_up}x in {max_steps} steps (at {macs0 / macs:.3f}x)")
-        groups, excluded = _prunable_groups(dg, ignored, prune_hidden, untouchable)
+        groups, excluded = prunable_groups(dg, ignored, prune_hidden, untouchable)
         head_costs = _attention_macs_per_head(attention, layer_macs)
         candidates = []
         for gi, group in enumerate(groups):
@@ -247,7 +197,7 @@ def _prune_copy(model: nn.Module, example_inputs: Any, ignored_names: set[str], 
             note = (f"no unit left would land within tolerance={tolerance}; removed the one landing closest above "
                     f"the {speed_up}x target (a {'head' if chosen[0].unit > 1 else 'channel'})")
         for gi, units in _by_group(chosen).items():
-            group, n_ch = groups[gi], _channel_groups(groups[gi])
+            group, n_ch = groups[gi], num_channel_groups(groups[gi])
             size = len(group[0].idxs) // n_ch
             idxs = sorted(c + g * size for u, unit in units for c in range(u * unit, (u + 1) * unit)
                           for g in range(n_ch))
@@ -321,55 +271,11 @@ def _check_no_empty_layers(model: nn.Module) -> None:
                                    "please report this model")
 
 
-def _prunable_groups(dg: tp.DependencyGraph, ignored: set[nn.Module], prune_hidden: bool = True,
-                     untouchable: set[nn.Module] = frozenset()) -> tuple[list, dict[str, int]]:
-    """Groups whose channels feed another layer: a model's outputs (e.g. class logits) are never pruned.
-
-    Without ``prune_hidden`` (transformers) only heads and MLP neurons are pruned: a group touching a LayerNorm
-    (the residual stream) or feeding the output layer (e.g. BERT's pooler) is left alone. Groups touching an
-    ``untouchable`` module (tied weights) are left alone too. Also
-    returns how many groups each of these rules kept whole, for error messages.
-    """
-    is_out = dg.is_out_channel_pruning_fn
-    candidates, output_layers = [], set()
-    for group in dg.get_all_groups(root_module_types=ROOT_MODULE_TYPES):
-        consumers = [item.dep.target.module for item in group if not is_out(item.dep.handler)]
-        if any(isinstance(m, ROOT_MODULE_TYPES) for m in consumers):
-            candidates.append((group, consumers))
-        else:
-            output_layers.update(item.dep.target.module for item in group if is_out(item.dep.handler))
-    groups, excluded = [], {"ignored": 0, "hidden": 0, "untouchable": 0}
-    for group, consumers in candidates:
-        if any(item.dep.target.module in ignored and is_out(item.dep.handler) for item in group):
-            excluded["ignored"] += 1
-        elif any(item.dep.target.module in untouchable for item in group):
-            excluded["untouchable"] += 1
-        elif not prune_hidden and (any(isinstance(item.dep.target.module, nn.LayerNorm) for item in group)
-                                   or any(m in output_layers for m in consumers)):
-            excluded["hidden"] += 1
-        else:
-            groups.append(group)
-    return groups, excluded
-
-
-def _channel_groups(group) -> int:
-    """Grouped (non-depthwise) convs and GroupNorm force pruning the same local channel in every group, so
-    each group keeps the same width (a GroupNorm's groups then still hold the channels they held before)."""
-    n = 1
-    for item in group:
-        m = item.dep.target.module
-        if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups < m.out_channels:
-            n = math.lcm(n, m.groups)
-        elif isinstance(m, nn.GroupNorm) and m.num_groups > 1:
-            n = math.lcm(n, m.num_groups)
-    return n
-
-
 def _group_candidates(dg, group, gi, importance, layer_macs, initial, max_ratio, head_dims,
                       head_costs) -> list[_Candidate]:
-    n_ch = _channel_groups(group)
+    n_ch = num_channel_groups(group)
     # an attention group (q/k/v outputs + output projection inputs) is pruned in whole heads
-    unit = _head_size(dg, group, head_dims)
+    unit = head_size(dg, group, head_dims)
     size = len(group[0].idxs) // n_ch // unit
     root = group[0].dep.target.module
     initial.setdefault(id(root), size)
@@ -431,12 +337,6 @@ def _module_name(dg: tp.DependencyGraph, module: nn.Module) -> str:
     return dg._module2name.get(module, type(module).__name__)
 
 
-def _head_size(dg: tp.DependencyGraph, group, head_dims: dict[nn.Module, int]) -> int:
-    """``head_dim`` for a group of query/key/value output channels (pruned in whole heads), else 1."""
-    return next((head_dims[it.dep.target.module] for it in group if it.dep.target.module in head_dims
-                 and dg.is_out_channel_pruning_fn(it.dep.handler)), 1)
-
-
 def _choose(candidates: list[_Candidate], need: float, room: float) -> list[_Candidate]:
     """Lowest-score channels first; take about half the remaining gap per step, never overshooting ``room``."""
     chosen, acc = [], 0.0
@@ -458,7 +358,7 @@ def _by_group(chosen: list[_Candidate]) -> dict[int, list[tuple[int, int]]]:
 
 
 def _count_pruned_macs(model: nn.Module, attention: list, example_inputs: Any) -> tuple[float, dict]:
-    """:func:`_count_macs` after a pruning step; its forward also checks that the pruned model still runs.
+    """:func:`count_macs` after a pruning step; its forward also checks that the pruned model still runs.
 
     A module whose forward hard-codes channel counts (a fixed ``torch.split`` size, a head count used in a
     reshape) breaks here; the error names the innermost module that was running.
@@ -466,7 +366,7 @@ def _count_pruned_macs(model: nn.Module, attention: list, example_inputs: Any) -
     if attention:
         sync_head_counts(attention)
     try:
-        return _count_macs(model, example_inputs)
+        return count_macs(model, example_inputs)
     except Exception as e:
         if attention:
             a = attention[0]

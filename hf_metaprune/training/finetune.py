@@ -6,11 +6,13 @@ best epoch is chosen on the validation split carved from the training data, neve
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,8 +21,8 @@ from transformers import PreTrainedModel, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..data import ClassificationData, accuracy
-from ..modeling_metapruner import _device_of
-from .objectives import ChannelGroups, sparsity_penalty
+from ..graph.tracing import device_of
+from ..pruning.groups import ChannelGroups, sparsity_penalty
 
 
 def classifier_logits(model: nn.Module, inputs: dict[str, torch.Tensor],
@@ -151,7 +153,7 @@ def finetune(
     """
     if epochs < 0:
         raise ValueError(f"epochs must be >= 0, got {epochs}")
-    groups = ChannelGroups.from_model(model, data.example_inputs(device=_device_of(model))) if sparsity_lambda > 0 \
+    groups = ChannelGroups.from_model(model, data.example_inputs(device=device_of(model))) if sparsity_lambda > 0 \
         else None
     if epochs == 0 and max_steps <= 0:
         return FinetuneResult(model, evaluate_accuracy(model, data, batch_size=2 * batch_size))
@@ -176,6 +178,15 @@ def finetune(
     last = get_last_checkpoint(output_dir) if resume and os.path.isdir(output_dir) else None
     if last is not None and not os.path.isfile(os.path.join(last, "optimizer.pt")):
         last = None  # a weights-only checkpoint cannot continue the schedule: start over
+    finished = _finished_run(last)
+    if finished is not None:  # resuming a finished run would train one more step (at lr 0, but BN statistics move)
+        state = safetensors.torch.load_file(os.path.join(finished["checkpoint"], "model.safetensors"))
+        wrapped.load_state_dict(state)
+        model.to(memory_format=torch.contiguous_format).eval()
+        score = finished["best_metric"]
+        if score is None:
+            score = evaluate_accuracy(model, data, batch_size=2 * batch_size)
+        return FinetuneResult(model, float(score), finished["log_history"])
     trainer.train(resume_from_checkpoint=last)
     model = trainer.accelerator.unwrap_model(trainer.model).model
     model.to(memory_format=torch.contiguous_format).eval()
@@ -183,6 +194,20 @@ def finetune(
     if score is None or math.isnan(score):
         score = evaluate_accuracy(model, data, batch_size=2 * batch_size)
     return FinetuneResult(model, float(score), trainer.state.log_history)
+
+
+def _finished_run(checkpoint: str | None) -> dict[str, Any] | None:
+    """The best checkpoint, score and log of a run whose last checkpoint is its final step, else None."""
+    path = os.path.join(checkpoint, "trainer_state.json") if checkpoint else ""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        state = json.load(f)
+    if not 0 < state.get("max_steps", 0) <= state.get("global_step", 0):
+        return None
+    best = state.get("best_model_checkpoint")
+    best = best if best and os.path.isfile(os.path.join(best, "model.safetensors")) else checkpoint
+    return {"checkpoint": best, "best_metric": state.get("best_metric"), "log_history": state.get("log_history", [])}
 
 
 @torch.no_grad()
@@ -193,7 +218,7 @@ def evaluate_accuracy(model: nn.Module, data: ClassificationData,
     collate = data.collator(augment=False)
     was_training = model.training
     model.eval()
-    device, correct = _device_of(model), 0
+    device, correct = device_of(model), 0
     for i in range(0, len(dataset), batch_size):
         batch = collate([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])
         logits = classifier_logits(model, {k: v.to(device) for k, v in batch.items()})

@@ -14,7 +14,8 @@ from typing import Any
 from torch import nn
 
 from ..data import ClassificationData
-from ..modeling_metapruner import MetaPrunerModel, _device_of
+from ..graph.tracing import device_of
+from ..methods.metapruner.modeling import MetaPrunerModel
 from ..pruning import PruneResult, prune_to_speedup
 from .finetune import evaluate_accuracy, finetune
 
@@ -54,7 +55,7 @@ def pre_prune(
     times, accs = {}, {}
     start = time.time()
     if metapruner is not None:
-        current = metapruner.transform(model, data.example_inputs(device=_device_of(model)))
+        current = metapruner.transform(model, data.example_inputs(device=device_of(model)))
         times["transform"] = time.time() - start
         accs["transformed"] = evaluate_accuracy(current, data)
     else:
@@ -93,7 +94,7 @@ def prune_and_finetune(
     times, accs = pre.stage_seconds, pre.stage_val_accuracy
     teacher = _frozen_copy(model) if distill else None
     start = time.time()
-    x = data.example_inputs(device=_device_of(model))
+    x = data.example_inputs(device=device_of(model))
     result = prune_to_speedup(pre.model, x, speed_up, importance=importance, inplace=True, **(prune_kwargs or {}))
     times["prune"] = time.time() - start
     accs["pruned"] = evaluate_accuracy(result.model, data)

@@ -20,12 +20,15 @@ from torch import nn
 from huggingface_hub import HfApi
 from safetensors import SafetensorError
 from torch_geometric.nn import MessagePassing
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import PreTrainedModel
 
+from ..._io import PRUNED_CONFIG_NAME, WEIGHT_FILE, atomic_update, check_loading_info, remove_stale_weights
+from ...graph import NODE_KINDS, NetworkGraph, edge_kind_size, graph_to_model, model_to_graph
+from ...graph.tracing import device_of
+from ...pruning import prune_to_speedup
+from ...pruning.speedup import check_number
 from . import model_card as _model_card
-from ._io import PRUNED_CONFIG_NAME, WEIGHT_FILE, atomic_update, check_loading_info, remove_stale_weights
-from .configuration_metapruner import MetaPrunerConfig, looks_like_local_path, missing_local_path
-from .graph import NODE_KINDS, NetworkGraph, edge_kind_size, graph_to_model, model_to_graph
+from .configuration import MetaPrunerConfig, looks_like_local_path, missing_local_path
 
 NUM_ROLES = 3
 CONFIG_NAME = "config.json"
@@ -300,7 +303,7 @@ class MetaPrunerModel(MetaPrunerPreTrainedModel):
                             f"{type(model).__name__}")
         graph = model_to_graph(model, example_inputs)
         with torch.no_grad():
-            new_graph = self(graph.to(self.device)).to(_device_of(model))
+            new_graph = self(graph.to(self.device)).to(device_of(model))
         return graph_to_model(new_graph, model)
 
     def prune(self, model: nn.Module, example_inputs: Any, speed_up: float = 2.0, **prune_kwargs):
@@ -309,9 +312,6 @@ class MetaPrunerModel(MetaPrunerPreTrainedModel):
         Keyword arguments go to :func:`hf_metaprune.prune_to_speedup`. Returns a :class:`PruneResult`; its model
         has ``model``'s dtype (see :meth:`transform`).
         """
-        from .pruning import prune_to_speedup
-        from .pruning.speedup import check_number
-
         check_number("speed_up", speed_up, 1.0, low_inclusive=False)  # before the transform's work
         if not isinstance(model, nn.Module):
             raise TypeError(f"{type(self).__name__}.prune: model must be a torch.nn.Module, got {type(model).__name__}")
@@ -328,11 +328,6 @@ def _record_inputs(kind: str, features: torch.Tensor) -> torch.Tensor:
 
 def _rms(x: torch.Tensor) -> torch.Tensor:
     return x.detach().float().pow(2).mean().sqrt().clamp_min(1e-8).to(x.dtype)
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def _require_graph(graph: Any, what: str) -> NetworkGraph:
@@ -447,7 +442,3 @@ def _check_config_serialisable(config: MetaPrunerConfig, where: str) -> None:
                 bad.append(f"{key}={value!r} ({type(value).__name__})")
         raise TypeError(f"{where}: the config cannot be written as JSON: {'; '.join(bad) or e}. Config attributes "
                         "must be plain numbers, strings, bools, lists or dicts.") from e
-
-
-AutoConfig.register("metapruner", MetaPrunerConfig)
-AutoModel.register(MetaPrunerConfig, MetaPrunerModel)

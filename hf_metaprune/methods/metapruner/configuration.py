@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from transformers import PretrainedConfig
 
-from .graph.kinds import DEFAULT_EDGE_KINDS, EMBEDDING_EDGE_KIND, NODE_KINDS, edge_kind_size
+from ...graph.kinds import DEFAULT_EDGE_KINDS, EMBEDDING_EDGE_KIND, NODE_KINDS, edge_kind_size
 
 # PyG aggregations that take no constructor arguments (``MessagePassing(aggr=name)``).
 AGGREGATIONS = ("sum", "add", "mean", "max", "min", "mul", "var", "std", "median", "softmax", "powermean")

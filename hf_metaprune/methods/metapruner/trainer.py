@@ -33,13 +33,14 @@ from torch import nn
 from accelerate.utils import gather_object
 from transformers import Trainer, TrainingArguments
 
-from ..data import ClassificationData
-from ..graph import NetworkGraph, model_to_graph
-from ..modeling_metapruner import MetaPrunerModel
-from ..pruning import prune_to_speedup
-from .finetune import classifier_logits, evaluate_accuracy
-from .objectives import ChannelGroups, group_norm_stats, sparsity_penalty
-from .zoo import DataModelZoo
+from ...data import ClassificationData
+from ...graph import NetworkGraph, model_to_graph
+from ...pruning import prune_to_speedup
+from ...pruning.groups import ChannelGroups, sparsity_penalty
+from ...training.finetune import classifier_logits, evaluate_accuracy
+from ...training.zoo import DataModelZoo
+from .modeling import MetaPrunerModel
+from .objectives import group_norm_stats, task_loss
 
 
 @dataclass
@@ -325,39 +326,6 @@ class MetaPrunerTrainer(Trainer):
             with open(os.path.join(best, "config.json")) as f:
                 config.validation_scores = json.load(f).get("validation_scores")
         return output
-
-
-def task_loss(module: nn.Module, state: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
-              groups: ChannelGroups | None = None, removed: torch.Tensor | None = None,
-              prune_aware_weight: float = 0.0, temperature: float = 0.0, teacher_logits: torch.Tensor | None = None,
-              distill_weight: float = 0.0, distill_temperature: float = 4.0) -> tuple[torch.Tensor, dict[str, float]]:
-    """The meta-training task term on one batch, differentiable in the tensors of ``state`` (``module``'s
-    parameters and buffers by name, e.g. a metanetwork's output ``W'``).
-
-    ``(1 − β)·ℓ(f(x; W')) + β·ℓ(f(x; W' ⊙ m))`` with ``β = prune_aware_weight`` and ``m`` the keep mask of the
-    ``removed`` units (:meth:`ChannelGroups.pruned_units`); ``ℓ`` is cross-entropy, with ``distill_weight`` of it
-    replaced by the KL divergence to ``teacher_logits``. Returns the loss and its parts as floats.
-    """
-    def term(logits: torch.Tensor) -> tuple[torch.Tensor, float]:
-        ce = F.cross_entropy(logits, batch["labels"])
-        if teacher_logits is None or distill_weight <= 0:
-            return ce, float(ce.detach())
-        t = distill_temperature
-        kd = F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(teacher_logits / t, -1), reduction="batchmean",
-                      log_target=True) * t * t
-        return (1 - distill_weight) * ce + distill_weight * kd, float(ce.detach())
-
-    loss, parts = torch.zeros((), device=batch["labels"].device), {}
-    if prune_aware_weight < 1.0:
-        full, parts["ce_loss"] = term(classifier_logits(module, batch, state))
-        loss = loss + (1 - prune_aware_weight) * full
-    if prune_aware_weight > 0.0:
-        if groups is None or removed is None:
-            raise ValueError("task_loss: prune_aware_weight > 0 needs the channel groups and the removed units")
-        keep = groups.keep_mask(state, removed, temperature)
-        masked, parts["pruned_ce_loss"] = term(classifier_logits(module, batch, groups.apply_mask(state, keep)))
-        loss = loss + prune_aware_weight * masked
-    return loss, parts
 
 
 def _seed(*parts: int) -> int:

@@ -1,22 +1,25 @@
-"""The meta-training objectives on Torch-Pruning's coupled channel groups: DepGraph's group-norm penalty and the
-pruning mask (which units ``prune_to_speedup`` would remove at a target speed-up, as a differentiable mask).
+"""The coupled channel groups of a network as a public object: its pruning units (channels, or whole attention
+heads), their parameter slices, sizes and MACs cost — the structure every pruning method works on.
 
-A *pruning unit* is one channel of a coupled group — or one attention head in a transformer — : every parameter
-slice that disappears when it is pruned (a conv's output filter, the BN entries, the next convs' input slices, ...). Its squared norm is the
-sum of the squared slices. The penalty ``Σ_u γ_u ||W_u||²`` with ``γ = α^((max s − s_u)/(max s − min s))``
-(per coupled group, treated as a constant) pushes already-weak units harder, so importance concentrates.
+A *pruning unit* is one channel of a coupled group (or one head): every parameter slice that disappears when it is
+pruned (a conv's output filter, the BN entries, the next convs' input slices, ...). :class:`ChannelGroups` finds the
+units ``prune_to_speedup`` prunes, emulates which ones it would remove at a target speed-up on any weights (ms instead
+of a traced pruning), masks them differentiably, and gives DepGraph's group-norm penalty
+``Σ_u γ_u ||W_u||²`` with ``γ = α^((max s − s_u)/(max s − min s))`` (sparse learning: weak units are pushed harder).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from ..graph.attention import find_attention_modules
-from ..graph.tracing import build_dependency_graph
-from ..pruning.speedup import _channel_groups, _count_macs, _head_size, _prunable_groups
+from ..graph.tracing import ROOT_MODULE_TYPES, build_dependency_graph
+from .cost import count_macs
 
 
 @dataclass
@@ -63,10 +66,10 @@ class ChannelGroups:
         attention = find_attention_modules(model)
         head_dims = {p: a.head_dim for a in attention for p in a.projections}
         slices, group_of_unit, offset = [], [], 0
-        _, layer_macs = _count_macs(model, example_inputs)
-        for gi, group in enumerate(_prunable_groups(dg, ignored=set(), prune_hidden=not attention)[0]):
-            head = _head_size(dg, group, head_dims)
-            size = len(group[0].idxs) // _channel_groups(group)
+        _, layer_macs = count_macs(model, example_inputs)
+        for gi, group in enumerate(prunable_groups(dg, ignored=set(), prune_hidden=not attention)[0]):
+            head = head_size(dg, group, head_dims)
+            size = len(group[0].idxs) // num_channel_groups(group)
             for item in group:
                 target, is_out = item.dep.target.module, dg.is_out_channel_pruning_fn(item.dep.handler)
                 idx = torch.as_tensor(item.idxs, dtype=torch.long)
@@ -284,17 +287,51 @@ def sparsity_penalty(groups: ChannelGroups, params: dict[str, torch.Tensor], alp
     return weighted.sum(), norms
 
 
-def group_norm_stats(groups: ChannelGroups, norms: torch.Tensor, weak_threshold: float = 0.1,
-                     reference: torch.Tensor | None = None) -> dict[str, float]:
-    """How concentrated importance is.
+def prunable_groups(dg: tp.DependencyGraph, ignored: set[nn.Module], prune_hidden: bool = True,
+                     untouchable: set[nn.Module] = frozenset()) -> tuple[list, dict[str, int]]:
+    """Groups whose channels feed another layer: a model's outputs (e.g. class logits) are never pruned.
 
-    ``weak_group_fraction``: share of units whose norm is below ``weak_threshold`` × their group's mean norm in
-    ``reference`` (e.g. the untransformed network's unit norms; default: ``norms`` themselves). Quantiles are of
-    the norms relative to their group's current mean (the scale the pruning criterion ranks on).
+    Without ``prune_hidden`` (transformers) only heads and MLP neurons are pruned: a group touching a LayerNorm
+    (the residual stream) or feeding the output layer (e.g. BERT's pooler) is left alone. Groups touching an
+    ``untouchable`` module (tied weights) are left alone too. Also
+    returns how many groups each of these rules kept whole, for error messages.
     """
-    reference = norms if reference is None else reference
-    weak = norms < weak_threshold * groups.group_reduce(reference, "mean")
-    relative = norms / groups.group_reduce(norms, "mean").clamp_min(1e-12)
-    q = torch.quantile(relative.float(), torch.tensor([0.1, 0.5, 0.9], device=relative.device))
-    return {"weak_group_fraction": float(weak.float().mean()),
-            "group_norm_p10": float(q[0]), "group_norm_p50": float(q[1]), "group_norm_p90": float(q[2])}
+    is_out = dg.is_out_channel_pruning_fn
+    candidates, output_layers = [], set()
+    for group in dg.get_all_groups(root_module_types=ROOT_MODULE_TYPES):
+        consumers = [item.dep.target.module for item in group if not is_out(item.dep.handler)]
+        if any(isinstance(m, ROOT_MODULE_TYPES) for m in consumers):
+            candidates.append((group, consumers))
+        else:
+            output_layers.update(item.dep.target.module for item in group if is_out(item.dep.handler))
+    groups, excluded = [], {"ignored": 0, "hidden": 0, "untouchable": 0}
+    for group, consumers in candidates:
+        if any(item.dep.target.module in ignored and is_out(item.dep.handler) for item in group):
+            excluded["ignored"] += 1
+        elif any(item.dep.target.module in untouchable for item in group):
+            excluded["untouchable"] += 1
+        elif not prune_hidden and (any(isinstance(item.dep.target.module, nn.LayerNorm) for item in group)
+                                   or any(m in output_layers for m in consumers)):
+            excluded["hidden"] += 1
+        else:
+            groups.append(group)
+    return groups, excluded
+
+
+def num_channel_groups(group) -> int:
+    """Grouped (non-depthwise) convs and GroupNorm force pruning the same local channel in every group, so
+    each group keeps the same width (a GroupNorm's groups then still hold the channels they held before)."""
+    n = 1
+    for item in group:
+        m = item.dep.target.module
+        if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups < m.out_channels:
+            n = math.lcm(n, m.groups)
+        elif isinstance(m, nn.GroupNorm) and m.num_groups > 1:
+            n = math.lcm(n, m.num_groups)
+    return n
+
+
+def head_size(dg: tp.DependencyGraph, group, head_dims: dict[nn.Module, int]) -> int:
+    """``head_dim`` for a group of query/key/value output channels (pruned in whole heads), else 1."""
+    return next((head_dims[it.dep.target.module] for it in group if it.dep.target.module in head_dims
+                 and dg.is_out_channel_pruning_fn(it.dep.handler)), 1)
