@@ -1,12 +1,14 @@
 """hf_metaprune: meta-learned structured pruning with graph metanetworks, Hugging Face style."""
 from . import models  # registers the CIFAR models with timm
 from .graph import NetworkGraph, UnsupportedModuleError, graph_to_model, model_to_graph
-from .pruning import ChannelGroups, PruneResult, count_macs_and_params, load_pruned, prune_to_speedup, save_pruned
+from .pruning import (ChannelGroups, PruneResult, count_macs_and_params, load_pruned, prune_to_speedup, prune_to_widths,
+                      save_pruned)
 from .data import load_image_classification, load_text_classification
 from .env import library_versions
 from .training import DataModelZoo, finetune, prune_and_finetune, train_zoo
 from .methods import get_method
 from .methods.metapruner import MetaPrunerConfig, MetaPrunerModel, MetaPrunerTrainer, MetaPrunerTrainingArguments
+from .methods.pruningnet import PruningNetConfig, PruningNetModel, PruningNetTrainer
 
 __version__ = "0.1.0"
 
@@ -19,6 +21,9 @@ __all__ = [
     "MetaPrunerTrainingArguments",
     "NetworkGraph",
     "PruneResult",
+    "PruningNetConfig",
+    "PruningNetModel",
+    "PruningNetTrainer",
     "UnsupportedModuleError",
     "count_macs_and_params",
     "finetune",
@@ -31,6 +36,7 @@ __all__ = [
     "model_to_graph",
     "prune_and_finetune",
     "prune_to_speedup",
+    "prune_to_widths",
     "save_pruned",
     "train_zoo",
 ]

@@ -10,7 +10,7 @@ import re
 import shutil
 import tempfile
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 PRUNED_CONFIG_NAME = "pruned_config.json"  # save_pruned's width specification, beside model.safetensors
 WEIGHT_FILE = re.compile(r"(model|pytorch_model)(-\d{5}-of-\d{5})?\.(safetensors|bin)(\.index\.json)?")
@@ -121,3 +121,29 @@ def remove_stale_weights(directory: str, written: set[str]) -> None:
         if (WEIGHT_FILE.fullmatch(name) and name.startswith("model") and name not in written
                 and os.path.isfile(os.path.join(directory, name))):
             os.remove(os.path.join(directory, name))
+
+
+# a Hub repo id: 'name' or 'namespace/name' (huggingface_hub's rules, loosely)
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def looks_like_local_path(original: Any, path: str) -> bool:
+    """Whether a ``from_pretrained`` argument that does not exist was meant as a local path, not a Hub repo id:
+    a ``pathlib.Path``; a string starting with '.', '/' or '~'; one that cannot be a repo id ('a/b/c', spaces);
+    or 'a/b' where the folder 'a' exists here."""
+    if not isinstance(original, str):
+        return True
+    if path.startswith((".", "/", "~", os.sep)) or "\\" in path or (os.altsep and os.altsep in path):
+        return True
+    if not _REPO_ID.fullmatch(path) or "--" in path or ".." in path or path.endswith("."):
+        return True
+    return "/" in path and os.path.isdir(path.split("/")[0])
+
+
+def missing_local_path(where: str, path: str) -> FileNotFoundError:
+    parent = os.path.dirname(os.path.abspath(os.path.expanduser(path)))
+    while not os.path.isdir(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    return FileNotFoundError(f"{where}: the local folder '{path}' does not exist (the nearest existing folder is "
+                             f"'{parent}'); expected a folder written by save_pretrained, or a Hub repo id "
+                             "('namespace/name')")

@@ -12,7 +12,7 @@ from transformers import BertConfig
 
 import hf_metaprune as hm
 from hf_metaprune import MetaPrunerConfig, MetaPrunerModel
-from hf_metaprune.methods.metapruner.configuration import looks_like_local_path
+from hf_metaprune._io import looks_like_local_path
 
 X = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
@@ -82,7 +82,7 @@ def test_a_failed_save_leaves_the_earlier_checkpoint_loadable_bit_exactly(tmp_pa
     def broken_card(*args, **kwargs):
         raise RuntimeError("disk full while writing the card")
 
-    monkeypatch.setattr(hm.methods.metapruner.model_card, "model_card_text", broken_card)
+    monkeypatch.setattr(hm.methods.metapruner.model_card, "metapruner_model_card", broken_card)
     with pytest.raises(RuntimeError, match="disk full"):
         second.save_pretrained(tmp_path)
     assert folder_bytes(tmp_path) == before  # no half-written or temporary files either
@@ -99,7 +99,7 @@ def test_a_failed_save_leaves_the_earlier_checkpoint_loadable_bit_exactly(tmp_pa
     assert_same_weights(MetaPrunerModel.from_pretrained(tmp_path), second)
     assert (tmp_path / "tokenizer.json").read_text() == "{}"
 
-    monkeypatch.setattr(hm.methods.metapruner.model_card, "model_card_text", broken_card)
+    monkeypatch.setattr(hm.methods.metapruner.model_card, "metapruner_model_card", broken_card)
     with pytest.raises(RuntimeError):
         second.save_pretrained(tmp_path / "new")
     assert not (tmp_path / "new").exists()  # a failed first save leaves no folder

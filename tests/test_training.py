@@ -218,8 +218,8 @@ def test_push_to_hub_uploads_weights_config_and_model_card(monkeypatch, tiny_zoo
         uploaded.update({f: open(os.path.join(folder_path, f), "rb").read() for f in os.listdir(folder_path)})
         return "ok"
 
-    monkeypatch.setattr(hm.methods.metapruner.modeling.HfApi, "create_repo", lambda self, repo_id, **kw: FakeRepo())
-    monkeypatch.setattr(hm.methods.metapruner.modeling.HfApi, "upload_folder", fake_upload)
+    monkeypatch.setattr(hm.methods.base.HfApi, "create_repo", lambda self, repo_id, **kw: FakeRepo())
+    monkeypatch.setattr(hm.methods.base.HfApi, "upload_folder", fake_upload)
     model = _metapruner(tiny_zoo, cifar_small)
     model.config.base_architecture = "cifar_resnet20"
     assert model.push_to_hub("user/metapruner") == "ok"

@@ -14,7 +14,9 @@ from typing import Any
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch.func import functional_call
 from torch.nn.utils import parametrize
+from transformers import PreTrainedModel
 
 from .errors import UnsupportedModuleError
 
@@ -117,6 +119,20 @@ def call_model(model: nn.Module, example_inputs: Any):
     if isinstance(example_inputs, (tuple, list)):
         return model(*example_inputs)
     return model(example_inputs)
+
+
+def classifier_logits(model: nn.Module, inputs: dict[str, torch.Tensor],
+                      params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Logits of ``model`` on a batch (a ``labels`` entry is ignored): 🤗 models take the batch as keyword arguments
+    and return an output with ``.logits``; plain classifiers take the one input tensor. ``params`` swaps in other
+    weights (``torch.func.functional_call``), as meta-training does."""
+    inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    if isinstance(model, PreTrainedModel):
+        args, kwargs = (), inputs
+    else:
+        args, kwargs = (next(iter(inputs.values())),), {}
+    out = model(*args, **kwargs) if params is None else functional_call(model, params, args, kwargs)
+    return getattr(out, "logits", out)
 
 
 def check_supported_modules(model: nn.Module) -> None:

@@ -2,8 +2,12 @@
 
 - ``metapruner``: the graph metanetwork (a GNN maps a trained network to an easier-to-prune one of the same
   architecture; Shi et al., "Structured Pruning via Meta-learned Graph Neural Networks").
+- ``pruningnet``: MetaPruning (Liu et al., ICCV 2019): a PruningNet generates the weights of any pruned structure;
+  an evolutionary search picks the structure.
 """
+from .base import PruningMethodPreTrainedModel
 from .mapping import METHODS, PruningMethod, get_method, register_method
-from . import metapruner  # noqa: E402  (registers itself)
+from . import metapruner, pruningnet  # noqa: E402  (register themselves)
 
-__all__ = ["METHODS", "PruningMethod", "get_method", "metapruner", "register_method"]
+__all__ = ["METHODS", "PruningMethod", "PruningMethodPreTrainedModel", "get_method", "metapruner", "pruningnet",
+           "register_method"]

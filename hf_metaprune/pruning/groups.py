@@ -58,16 +58,47 @@ class ChannelGroups:
     def num_groups(self) -> int:
         return int(self.group_of_unit.max()) + 1 if self.num_units else 0
 
+    @property
+    def group_sizes(self) -> list[int]:
+        """Units (channels, or heads) per group: the full width of each searchable dimension."""
+        return torch.bincount(self.group_of_unit, minlength=self.num_groups).tolist()
+
+    def widths_for_ratios(self, ratios) -> list[int]:
+        """Per-group widths ``max(1, int(size · ratio))`` (MetaPruning's rounding) for one ratio per group."""
+        ratios = list(ratios) if not isinstance(ratios, torch.Tensor) else ratios.tolist()
+        if len(ratios) != self.num_groups or not all(isinstance(r, (int, float)) and 0 < r <= 1 for r in ratios):
+            raise ValueError(f"ratios must be {self.num_groups} numbers in (0, 1] (one per coupled group), "
+                             f"got {ratios!r}")
+        return [max(1, int(size * r + 1e-9)) for size, r in zip(self.group_sizes, ratios)]
+
+    def removed_for_widths(self, widths, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Boolean per unit: what pruning every group to ``widths[g]`` units removes.
+
+        Without ``params`` the first units of each group are kept (MetaPruning's top-left crop); with ``params``
+        the strongest by group L2 norm are (DepGraph's criterion, ties to the lower index).
+        """
+        widths = check_widths(widths, self.group_sizes)
+        removed = torch.zeros(self.num_units, dtype=torch.bool)
+        score = None if params is None else self.unit_sq_norms(
+            {k: v.detach() for k, v in params.items()}, include_bias=False).cpu()
+        start = 0
+        for size, width in zip(self.group_sizes, widths):
+            if score is None:
+                removed[start + width:start + size] = True
+            else:
+                order = torch.argsort(score[start:start + size], descending=True, stable=True)
+                removed[start + order[width:]] = True
+            start += size
+        return removed
+
     @classmethod
     def from_model(cls, model: nn.Module, example_inputs: Any) -> "ChannelGroups":
         """The groups :func:`~hf_metaprune.prune_to_speedup` prunes, with the same units (channels or heads)."""
-        dg = build_dependency_graph(model, example_inputs)
+        dg, tp_groups, head_dims = coupled_groups(model, example_inputs)
         names = {m: n for n, m in model.named_modules()}
-        attention = find_attention_modules(model)
-        head_dims = {p: a.head_dim for a in attention for p in a.projections}
         slices, group_of_unit, offset = [], [], 0
         _, layer_macs = count_macs(model, example_inputs)
-        for gi, group in enumerate(prunable_groups(dg, ignored=set(), prune_hidden=not attention)[0]):
+        for gi, group in enumerate(tp_groups):
             head = head_size(dg, group, head_dims)
             size = len(group[0].idxs) // num_channel_groups(group)
             for item in group:
@@ -335,3 +366,39 @@ def head_size(dg: tp.DependencyGraph, group, head_dims: dict[nn.Module, int]) ->
     """``head_dim`` for a group of query/key/value output channels (pruned in whole heads), else 1."""
     return next((head_dims[it.dep.target.module] for it in group if it.dep.target.module in head_dims
                  and dg.is_out_channel_pruning_fn(it.dep.handler)), 1)
+
+
+def coupled_groups(model: nn.Module, example_inputs: Any) -> tuple[tp.DependencyGraph, list, dict[nn.Module, int]]:
+    """Torch-Pruning's dependency graph of ``model``, its prunable coupled groups (the order every method and
+    :class:`ChannelGroups` index them by) and the head size of each attention projection."""
+    dg = build_dependency_graph(model, example_inputs)
+    attention = find_attention_modules(model)
+    head_dims = {p: a.head_dim for a in attention for p in a.projections}
+    return dg, prunable_groups(dg, ignored=set(), prune_hidden=not attention)[0], head_dims
+
+
+def unit_channel_indices(group, units, head: int) -> list[int]:
+    """The channel indices (in the group's root layer) of the pruning ``units`` of ``group`` (a unit is ``head``
+    channels; grouped convs repeat each unit in every channel group)."""
+    n_ch = num_channel_groups(group)
+    size = len(group[0].idxs) // n_ch
+    return sorted(c + g * size for u in units for c in range(u * head, (u + 1) * head) for g in range(n_ch))
+
+
+def check_widths(widths, sizes: list[int]) -> list[int]:
+    """``widths`` as a list of ints, one per group in ``1..size``, or a ValueError naming the first bad one."""
+    if isinstance(widths, torch.Tensor):
+        widths = widths.tolist()
+    if isinstance(widths, dict):
+        widths = [widths.get(g, size) for g, size in enumerate(sizes)]
+    try:
+        widths = list(widths)
+    except TypeError:
+        raise TypeError(f"widths must be a list with one width per coupled group ({len(sizes)}), got "
+                        f"{type(widths).__name__}") from None
+    if len(widths) != len(sizes):
+        raise ValueError(f"widths must hold one width per coupled group: {len(sizes)} groups, got {len(widths)}")
+    for g, (w, size) in enumerate(zip(widths, sizes)):
+        if isinstance(w, bool) or not isinstance(w, int) or not 1 <= w <= size:
+            raise ValueError(f"widths[{g}] must be an integer in [1, {size}] (the group's units), got {w!r}")
+    return widths

@@ -10,8 +10,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -22,10 +20,11 @@ from transformers import PreTrainedModel
 
 from ..graph.attention import find_attention_modules, sync_head_counts
 from ..graph.errors import UnsupportedModuleError
-from ..graph.tracing import (ROOT_MODULE_TYPES, build_dependency_graph, call_model, channel_dim_size,
+from ..graph.tracing import (build_dependency_graph, call_model, channel_dim_size,
                              check_supported_modules)
 from .cost import count_macs, count_macs_and_params
-from .groups import head_size, num_channel_groups, prunable_groups
+from .groups import (ChannelGroups, coupled_groups, head_size, num_channel_groups, prunable_groups,
+                     unit_channel_indices)
 from .pretrained import attach_pruned_config
 
 logger = logging.getLogger(__name__)
@@ -197,19 +196,26 @@ def _prune_copy(model: nn.Module, example_inputs: Any, ignored_names: set[str], 
             note = (f"no unit left would land within tolerance={tolerance}; removed the one landing closest above "
                     f"the {speed_up}x target (a {'head' if chosen[0].unit > 1 else 'channel'})")
         for gi, units in _by_group(chosen).items():
-            group, n_ch = groups[gi], num_channel_groups(groups[gi])
-            size = len(group[0].idxs) // n_ch
-            idxs = sorted(c + g * size for u, unit in units for c in range(u * unit, (u + 1) * unit)
-                          for g in range(n_ch))
-            try:
-                dg.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs).prune()
-            except (IndexError, RuntimeError) as e:
-                raise _untraceable(dg, group, e) from e
+            _prune_units(dg, groups[gi], [u for u, _ in units], units[0][1])
         macs, layer_macs = _count_pruned_macs(model, attention, example_inputs)
         steps += 1
     if note:
         note += f"; reached {macs0 / macs:.3f}x"
         logger.warning("prune_to_speedup: %s", note)
+    _finish(model, frozen, attention)
+    return model, macs0, macs, params0, steps, note
+
+
+def _prune_units(dg: tp.DependencyGraph, group, units: list[int], head: int) -> None:
+    idxs = unit_channel_indices(group, units, head)
+    try:
+        dg.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs).prune()
+    except (IndexError, RuntimeError) as e:
+        raise _untraceable(dg, group, e) from e
+
+
+def _finish(model: nn.Module, frozen: set[str], attention: list) -> None:
+    """What every pruned model needs to run, train and reload like the original."""
     _check_no_empty_layers(model)
     for n, p in model.named_parameters():  # Torch-Pruning creates new (trainable) Parameters for pruned tensors
         p.requires_grad_(n not in frozen)
@@ -217,7 +223,41 @@ def _prune_copy(model: nn.Module, example_inputs: Any, ignored_names: set[str], 
         sync_head_counts(attention)
     if isinstance(model, PreTrainedModel):  # a config that rebuilds the pruned widths: from_pretrained works
         attach_pruned_config(model)
-    return model, macs0, macs, params0, steps, note
+
+
+def prune_to_widths(model: nn.Module, example_inputs: Any, widths, keep: str = "first",
+                    inplace: bool = False) -> PruneResult:
+    """Prune every coupled group of ``model`` to an explicit width (a searched structure).
+
+    ``widths`` holds one unit count per group, in :class:`~hf_metaprune.ChannelGroups` order (its
+    ``group_sizes`` are the full widths; ``widths_for_ratios`` turns ratios into widths), or a dict
+    ``{group index: width}`` for the groups to shrink. ``keep="first"`` keeps each group's leading units
+    (MetaPruning's crop, so generated weights line up), ``keep="group_l2"`` its strongest. The result saves and
+    reloads exactly like :func:`prune_to_speedup`'s.
+    """
+    if keep not in ("first", "group_l2"):
+        raise ValueError(f"keep must be 'first' or 'group_l2', got {keep!r}")
+    check_supported_modules(model)
+    pruned = copy.deepcopy(model)
+    frozen = {n for n, p in pruned.named_parameters() if not p.requires_grad}
+    attention = find_attention_modules(pruned)
+    groups = ChannelGroups.from_model(pruned, example_inputs)
+    removed = groups.removed_for_widths(widths, dict(pruned.named_parameters()) if keep == "group_l2" else None)
+    dg, tp_groups, head_dims = coupled_groups(pruned, example_inputs)
+    macs0, params0 = count_macs_and_params(pruned, example_inputs)
+    start = 0
+    for group, size in zip(tp_groups, groups.group_sizes):
+        units = torch.nonzero(removed[start:start + size]).flatten().tolist()
+        if units:
+            _prune_units(dg, group, units, head_size(dg, group, head_dims))
+        start += size
+    _finish(pruned, frozen, attention)
+    macs, params = count_macs_and_params(pruned, example_inputs)
+    if inplace:
+        model.__dict__.update(pruned.__dict__)
+        model.__class__ = pruned.__class__
+        pruned = model
+    return PruneResult(pruned, macs0, macs, params0, params, 1, module_widths(pruned))
 
 
 def _tied_parameters(model: nn.Module) -> list[list[str]]:

@@ -16,27 +16,12 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
-from transformers import PreTrainedModel, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from ..data import ClassificationData, accuracy
-from ..graph.tracing import device_of
+from ..graph.tracing import classifier_logits, device_of
 from ..pruning.groups import ChannelGroups, sparsity_penalty
-
-
-def classifier_logits(model: nn.Module, inputs: dict[str, torch.Tensor],
-                      params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """Logits of ``model`` on a batch (a ``labels`` entry is ignored): 🤗 models take the batch as keyword arguments
-    and return an output with ``.logits``; plain classifiers take the one input tensor. ``params`` swaps in other
-    weights (``torch.func.functional_call``), as meta-training does."""
-    inputs = {k: v for k, v in inputs.items() if k != "labels"}
-    if isinstance(model, PreTrainedModel):
-        args, kwargs = (), inputs
-    else:
-        args, kwargs = (next(iter(inputs.values())),), {}
-    out = model(*args, **kwargs) if params is None else functional_call(model, params, args, kwargs)
-    return getattr(out, "logits", out)
 
 
 class ClassifierWithLoss(nn.Module):

@@ -10,6 +10,8 @@ from typing import Any, Callable
 
 from transformers import PretrainedConfig
 
+from ..._io import looks_like_local_path, missing_local_path
+
 from ...graph.kinds import DEFAULT_EDGE_KINDS, EMBEDDING_EDGE_KIND, NODE_KINDS, edge_kind_size
 
 # PyG aggregations that take no constructor arguments (``MessagePassing(aggr=name)``).
@@ -17,32 +19,6 @@ AGGREGATIONS = ("sum", "add", "mean", "max", "min", "mul", "var", "std", "median
 # Fields that fix the metanetwork's weights and results: a saved config.json must state them (a MetaPrunerConfig
 # always writes every field), else the checkpoint would silently be read with the defaults.
 REQUIRED_FIELDS = ("hidden_size", "num_layers", "aggregations", "residual_scale", "edge_kinds", "node_kinds")
-
-
-# a Hub repo id: 'name' or 'namespace/name' (huggingface_hub's rules, loosely)
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
-
-
-def looks_like_local_path(original: Any, path: str) -> bool:
-    """Whether a ``from_pretrained`` argument that does not exist was meant as a local path, not a Hub repo id:
-    a ``pathlib.Path``; a string starting with '.', '/' or '~'; one that cannot be a repo id ('a/b/c', spaces);
-    or 'a/b' where the folder 'a' exists here."""
-    if not isinstance(original, str):
-        return True
-    if path.startswith((".", "/", "~", os.sep)) or "\\" in path or (os.altsep and os.altsep in path):
-        return True
-    if not _REPO_ID.fullmatch(path) or "--" in path or ".." in path or path.endswith("."):
-        return True
-    return "/" in path and os.path.isdir(path.split("/")[0])
-
-
-def missing_local_path(where: str, path: str) -> FileNotFoundError:
-    parent = os.path.dirname(os.path.abspath(os.path.expanduser(path)))
-    while not os.path.isdir(parent) and os.path.dirname(parent) != parent:
-        parent = os.path.dirname(parent)
-    return FileNotFoundError(f"{where}: the local folder '{path}' does not exist (the nearest existing folder is "
-                             f"'{parent}'); expected a folder written by save_pretrained, or a Hub repo id "
-                             "('namespace/name')")
 
 
 def _where(name: str) -> str:

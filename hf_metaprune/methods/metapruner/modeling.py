@@ -9,33 +9,21 @@ channels of a hidden layer permutes the output network the same way.
 """
 from __future__ import annotations
 
-import json
-import os
-import re
-import tempfile
 from typing import Any
 
 import torch
 from torch import nn
-from huggingface_hub import HfApi
-from safetensors import SafetensorError
 from torch_geometric.nn import MessagePassing
-from transformers import PreTrainedModel
 
-from ..._io import PRUNED_CONFIG_NAME, WEIGHT_FILE, atomic_update, check_loading_info, remove_stale_weights
 from ...graph import NODE_KINDS, NetworkGraph, edge_kind_size, graph_to_model, model_to_graph
 from ...graph.tracing import device_of
 from ...pruning import prune_to_speedup
 from ...pruning.speedup import check_number
+from ..base import PruningMethodPreTrainedModel
 from . import model_card as _model_card
-from .configuration import MetaPrunerConfig, looks_like_local_path, missing_local_path
+from .configuration import MetaPrunerConfig
 
 NUM_ROLES = 3
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
-SAVE_HUB_KWARGS = ("repo_id", "commit_message", "private", "token", "revision", "create_pr")
-_PICKLE_FILE = re.compile(r"pytorch_model(-\d{5}-of-\d{5})?\.bin(\.index\.json)?")
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int, norm: bool = True) -> nn.Sequential:
@@ -110,96 +98,14 @@ class MetaLayer(nn.Module):
         return h, e
 
 
-class MetaPrunerPreTrainedModel(PreTrainedModel):
+class MetaPrunerPreTrainedModel(PruningMethodPreTrainedModel):
     config_class = MetaPrunerConfig
     base_model_prefix = "metapruner"
     main_input_name = "graph"
+    checkpoint_noun = "metanetwork"
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Like ``PreTrainedModel.from_pretrained``, but only safetensors weights that fit exactly are loaded.
-
-        * A local path that does not exist raises ``FileNotFoundError`` naming it (instead of being tried as a Hub
-          repo id); a folder without ``config.json`` or ``model.safetensors`` raises ``FileNotFoundError`` naming
-          the missing file. Pickle weights (``pytorch_model.bin``) are never loaded: ``use_safetensors`` is forced.
-        * A ``config.json`` that is not valid JSON, of another model type, missing fields or with fields of the
-          wrong type or range raises ``ValueError`` / ``TypeError`` naming the file or field.
-        * transformers re-initialises mismatched or missing weights with only a warning; for a metanetwork that
-          would silently produce a different pruner, so ``ValueError`` is raised instead; an unreadable weights
-          file raises ``ValueError`` naming it.
-        """
-        where = f"{cls.__name__}.from_pretrained"
-        want_info = kwargs.pop("output_loading_info", False)
-        if kwargs.get("use_safetensors") is False:
-            raise ValueError(f"{where}: use_safetensors=False is not supported; hf_metaprune never loads pickle "
-                             "weights (pytorch_model.bin can run arbitrary code). Convert them to model.safetensors.")
-        kwargs["use_safetensors"] = True
-        kwargs["ignore_mismatched_sizes"] = True  # report mismatches in the loading info; refused below
-        source = _resolve_pretrained_source(pretrained_model_name_or_path, where, kwargs)
-        try:
-            model, info = super().from_pretrained(source, *args, output_loading_info=True, **kwargs)
-        except SafetensorError as e:  # truncated or corrupt weights file
-            raise ValueError(f"{where}: the weights in {source} are not a readable safetensors file: {e}") from e
-        check_loading_info(info, cls.__name__, source)
-        return (model, info) if want_info else model
-
-    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, push_to_hub: bool = False,
-                        overwrite_readme: bool = False, **kwargs):
-        """``PreTrainedModel.save_pretrained`` plus a README.md model card (metadata and validation scores).
-
-        The save is atomic: every file is written to a temporary folder inside ``save_directory`` and moved in only
-        once all are complete, so a failure half-way (a config that cannot be written, an error rendering the card)
-        leaves an earlier checkpoint there loadable bit for bit. Other files in the folder stay.
-
-        Refused with ``FileExistsError`` before anything is written: a folder holding another kind of checkpoint
-        (a :func:`hf_metaprune.save_pruned` network, a transformers model of another ``model_type``, weights
-        without a metanetwork ``config.json``), and a ``README.md`` that is not this library's unedited model card
-        from an earlier save (or a transformers Trainer's auto-generated card) — unless ``overwrite_readme=True``.
-        ``is_main_process`` and ``push_to_hub`` (with ``repo_id``, ``commit_message``, ``private``, ``token``,
-        ``revision``, ``create_pr``) work as in transformers; ``repo_id`` also names the model in the card.
-        """
-        where = f"{type(self).__name__}.save_pretrained"
-        if not isinstance(overwrite_readme, bool):
-            raise TypeError(f"{where}: overwrite_readme must be a bool, got {overwrite_readme!r}")
-        path = _check_save_directory(save_directory, where, overwrite_readme)
-        _check_config_serialisable(self.config, where)
-        hub = {k: kwargs.pop(k) for k in SAVE_HUB_KWARGS if k in kwargs}
-        created = not os.path.exists(path)
-        try:
-            with atomic_update(path) as tmp:
-                super().save_pretrained(tmp, *args, is_main_process=is_main_process, **kwargs)
-                written = set(os.listdir(tmp))
-                if written:  # nothing is written on the other processes of a distributed run
-                    text = _model_card.model_card_text(self.config, hub.get("repo_id"))
-                    with open(os.path.join(tmp, _model_card.CARD_NAME), "w", newline="", encoding="utf-8") as f:
-                        f.write(text)
-        except BaseException:
-            if created and os.path.isdir(path) and not os.listdir(path):
-                os.rmdir(path)  # leave no empty folder behind a failed first save
-            raise
-        if written:
-            remove_stale_weights(path, written)
-        if push_to_hub and written:
-            repo_id = hub.pop("repo_id", None) or os.path.basename(os.path.abspath(path))
-            return self.push_to_hub(repo_id, **hub)
-        return None
-
-    def push_to_hub(self, repo_id: str, commit_message: str = "Upload metanetwork", private: bool | None = None,
-                    token: str | bool | None = None, revision: str | None = None, create_pr: bool = False,
-                    **save_kwargs) -> Any:
-        """Save to a temporary folder (weights, config, model card) and upload it.
-
-        transformers' own ``push_to_hub`` replaces README.md with a generic card; ours keeps the metanetwork's.
-        """
-        if not isinstance(repo_id, str) or not repo_id:
-            raise TypeError(f"{type(self).__name__}.push_to_hub: repo_id must be a non-empty str ('namespace/name'), "
-                            f"got {repo_id!r}")
-        api = HfApi(token=token)
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp, repo_id=repo_id, **save_kwargs)
-            return api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message,
-                                     revision=revision, create_pr=create_pr)
+    def model_card(self, repo_id: str | None = None):
+        return _model_card.metapruner_model_card(self.config, repo_id)
 
     def _init_weights(self, module: nn.Module):
         if isinstance(module, nn.Linear):
@@ -335,110 +241,3 @@ def _require_graph(graph: Any, what: str) -> NetworkGraph:
         raise TypeError(f"MetaPrunerModel: {what} must be a NetworkGraph (from hf_metaprune.model_to_graph), got "
                         f"{type(graph).__name__}")
     return graph
-
-
-def _path_argument(value: Any, argument: str, expected: str, where: str) -> str:
-    """``value`` (str or os.PathLike) as a str path, or a TypeError naming ``argument``."""
-    if not isinstance(value, (str, os.PathLike)):
-        raise TypeError(f"{where}: {argument} must be {expected} (str or os.PathLike), got {value!r} "
-                        f"({type(value).__name__})")
-    path = os.fspath(value)
-    return os.fsdecode(path) if isinstance(path, bytes) else path
-
-
-def _resolve_pretrained_source(source: Any, where: str, kwargs: dict) -> Any:
-    """``source`` for transformers: a checked local folder, or a Hub repo id left as it is."""
-    if source is None:  # transformers' config= + state_dict= loading
-        return None
-    path = _path_argument(source, "pretrained_model_name_or_path", "a local folder or a Hub repo id", where)
-    local = os.path.expanduser(path)
-    if not os.path.isdir(local):
-        if os.path.exists(local):
-            raise NotADirectoryError(f"{where}: '{path}' is a file; expected the folder written by save_pretrained "
-                                     f"(holding {CONFIG_NAME} and {WEIGHTS_NAME})")
-        if looks_like_local_path(source, path):
-            raise missing_local_path(where, path)
-        return source  # a Hub repo id
-    folder = os.path.join(local, kwargs["subfolder"]) if kwargs.get("subfolder") else local
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"{where}: '{path}' has no subfolder '{kwargs.get('subfolder')}'")
-    names = set(os.listdir(folder))
-    if PRUNED_CONFIG_NAME in names and CONFIG_NAME not in names:
-        raise FileNotFoundError(f"{where}: '{folder}' holds a pruned network saved with hf_metaprune.save_pruned "
-                                f"({PRUNED_CONFIG_NAME}), not a metanetwork; load it with hf_metaprune.load_pruned")
-    if CONFIG_NAME not in names and not isinstance(kwargs.get("config"), MetaPrunerConfig):
-        raise FileNotFoundError(f"{where}: '{folder}' has no {CONFIG_NAME}; a metanetwork folder written by "
-                                f"save_pretrained holds {CONFIG_NAME} and {WEIGHTS_NAME} (found: {sorted(names)})")
-    variant = kwargs.get("variant")
-    weights = [WEIGHTS_NAME, WEIGHTS_INDEX_NAME]
-    if variant:
-        weights = [f"model.{variant}.safetensors", f"model.safetensors.index.{variant}.json"]
-    if not any(w in names for w in weights):
-        pickles = sorted(n for n in names if _PICKLE_FILE.fullmatch(n) or n.endswith((".bin", ".pt", ".pth", ".pkl")))
-        if pickles:
-            raise FileNotFoundError(f"{where}: '{folder}' has no {weights[0]}, only pickle weights {pickles}, which "
-                                    "hf_metaprune never loads (unpickling can run arbitrary code); convert them to "
-                                    f"safetensors (safetensors.torch.save_file) as {weights[0]}")
-        raise FileNotFoundError(f"{where}: '{folder}' has no {weights[0]} (nor {weights[1]}); a metanetwork folder "
-                                f"written by save_pretrained holds {CONFIG_NAME} and {WEIGHTS_NAME} (found: "
-                                f"{sorted(names)})")
-    return local
-
-
-def _check_save_directory(save_directory: Any, where: str, overwrite_readme: bool) -> str:
-    """Refuse, before anything is written, a path whose contents saving a metanetwork would destroy."""
-    path = _path_argument(save_directory, "save_directory", "a folder path", where)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise NotADirectoryError(f"{where}: save_directory '{path}' is a file; expected a folder (it is created if "
-                                 "missing)")
-    if not os.path.isdir(path):
-        return path
-    names = set(os.listdir(path))
-    found = []
-    if PRUNED_CONFIG_NAME in names:
-        found.append(f"a pruned network written by hf_metaprune.save_pruned ({PRUNED_CONFIG_NAME})")
-    if "adapter_config.json" in names:
-        found.append("a PEFT adapter (adapter_config.json)")
-    if CONFIG_NAME in names:
-        try:
-            with open(os.path.join(path, CONFIG_NAME), encoding="utf-8") as f:
-                config = json.load(f)
-        except (OSError, ValueError):  # ValueError: JSONDecodeError and UnicodeDecodeError
-            found.append(f"a {CONFIG_NAME} that is not valid JSON (not written by save_pretrained)")
-        else:
-            model_type = config.get("model_type") if isinstance(config, dict) else None
-            if model_type != MetaPrunerConfig.model_type:
-                found.append(f"a {CONFIG_NAME} of model_type {model_type!r}" if model_type else
-                             f"a {CONFIG_NAME} without a model_type (e.g. a timm or other library's model)")
-    elif any(WEIGHT_FILE.fullmatch(n) for n in names):
-        found.append(f"weights {sorted(n for n in names if WEIGHT_FILE.fullmatch(n))} without a metanetwork "
-                     f"{CONFIG_NAME} beside them")
-    if found:
-        raise FileExistsError(f"{where}: '{path}' already holds {', and '.join(found)}; saving a metanetwork there "
-                              f"would overwrite its {CONFIG_NAME} / {WEIGHTS_NAME}. Choose another folder (or one "
-                              "written by MetaPrunerModel.save_pretrained, which is updated in place).")
-    readme = os.path.join(path, _model_card.CARD_NAME)
-    if _model_card.CARD_NAME in names and not overwrite_readme:
-        if not os.path.isfile(readme):
-            raise FileExistsError(f"{where}: '{readme}' exists and is not a file; the model card cannot be written")
-        with open(readme, encoding="utf-8", errors="replace", newline="") as f:
-            replaceable = _model_card.is_replaceable_card(f.read())
-        if not replaceable:
-            raise FileExistsError(f"{where}: '{readme}' is not a model card written by save_pretrained (or it was "
-                                  "edited since), and saving would replace it with the metanetwork's model card. Move "
-                                  "it away, or pass overwrite_readme=True to replace it.")
-    return path
-
-
-def _check_config_serialisable(config: MetaPrunerConfig, where: str) -> None:
-    try:
-        config.to_json_string(use_diff=True)
-    except (TypeError, ValueError) as e:
-        bad = []
-        for key, value in config.to_dict().items():
-            try:
-                json.dumps(config._encode_special_floats(value))
-            except (TypeError, ValueError):
-                bad.append(f"{key}={value!r} ({type(value).__name__})")
-        raise TypeError(f"{where}: the config cannot be written as JSON: {'; '.join(bad) or e}. Config attributes "
-                        "must be plain numbers, strings, bools, lists or dicts.") from e

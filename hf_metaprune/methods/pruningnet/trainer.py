@@ -1,0 +1,36 @@
+"""Training a PruningNet by stochastic structure sampling: every step draws a new random gene (one width index per
+coupled group) shared by the whole batch, and trains the generators and shared weights on the training split with
+label smoothing. A transformers ``Trainer``, so Accelerate (multi-GPU, ``accelerate launch``) works as usual."""
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from transformers import Trainer, TrainingArguments
+
+from ...data import ClassificationData
+from .modeling import PruningNetModel
+
+
+class PruningNetTrainer(Trainer):
+    def __init__(self, model: PruningNetModel, args: TrainingArguments, data: ClassificationData, **kwargs: Any):
+        if not isinstance(model, PruningNetModel):
+            raise TypeError(f"PruningNetTrainer: model must be a PruningNetModel, got {type(model).__name__}")
+        if not isinstance(data, ClassificationData):
+            raise TypeError(f"PruningNetTrainer: data must be a ClassificationData (hf_metaprune."
+                            f"load_image_classification), got {type(data).__name__}")
+        args.remove_unused_columns = False  # the collator reads the image and label columns itself
+        super().__init__(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
+                         data_collator=data.collator(augment=True), **kwargs)
+
+    def sample_gene(self, step: int) -> list[int]:
+        """The step's random gene: uniform indices, the same on every process (seeded by ``seed`` and step)."""
+        model = self.accelerator.unwrap_model(self.model)
+        rng = random.Random(self.args.seed * 1_000_003 + step)
+        top = len(model.config.width_ratios) - 1
+        return [rng.randint(0, top) for _ in range(model.num_genes)]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        gene = self.sample_gene(self.state.global_step)
+        outputs = model(pixel_values=inputs["pixel_values"], labels=inputs["labels"], gene=gene)
+        return (outputs.loss, outputs) if return_outputs else outputs.loss

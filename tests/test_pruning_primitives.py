@@ -1,0 +1,136 @@
+"""Shared pruning primitives: coupled groups and widths, prune_to_widths, the width-vector MACs count, BN
+recalibration."""
+import pytest
+import torch
+from torch import nn
+
+import hf_metaprune as hm
+from hf_metaprune.pruning import recalibrate_batchnorm
+from hf_metaprune.training import evaluate_accuracy
+
+from conftest import example_input, make_model
+
+
+def _conv_linear_macs(model: nn.Module, x: torch.Tensor) -> float:
+    """An independent count: k·k·(C_in/groups)·C_out·H_out·W_out per conv, in·out per linear (from output shapes)."""
+    total = []
+
+    def hook(m, _inputs, out):
+        if isinstance(m, nn.Conv2d):
+            total.append(m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups * out.numel())
+        else:
+            total.append(m.in_features * out.numel())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    return float(sum(total))
+
+
+def test_groups_give_widths_and_the_width_vector_macs_match_an_independent_count():
+    model, x = make_model("cifar_resnet20"), example_input(32)
+    groups = hm.ChannelGroups.from_model(model, x)
+    # stem + stage 1 (tied by identity shortcuts), 9 block-inner convs, stages 2 and 3 (projection shortcuts)
+    assert sorted(groups.group_sizes) == sorted([16] * 4 + [32] * 4 + [64] * 4)
+    assert groups.macs() == _conv_linear_macs(model, x)
+    for ratio in (1.0, 0.5, 0.25):
+        widths = groups.widths_for_ratios([ratio] * groups.num_groups)
+        assert widths == [max(1, int(s * ratio)) for s in groups.group_sizes]
+        pruned = hm.prune_to_widths(model, x, widths).model
+        assert groups.macs(groups.removed_for_widths(widths)) == _conv_linear_macs(pruned, x)
+
+
+@pytest.mark.parametrize("name,res", [("cifar_resnet20", 32), ("mobilenetv2_100", 64)])
+def test_prune_to_widths_keeps_the_leading_units_exactly_and_reloads(name, res, tmp_path):
+    model, x = make_model(name), example_input(res)
+    groups = hm.ChannelGroups.from_model(model, x)
+    widths = [max(1, s // 2 + g % 3) for g, s in enumerate(groups.group_sizes)]  # uneven on purpose
+    result = hm.prune_to_widths(model, x, widths)
+    assert hm.ChannelGroups.from_model(result.model, x).group_sizes == widths
+    # pruning = zeroing the removed units' slices in the original (MetaPruning's top-left crop)
+    keep = (~groups.removed_for_widths(widths)).float()
+    masked = torch.func.functional_call(model, groups.apply_mask(dict(model.state_dict()), keep), (x,))
+    torch.testing.assert_close(result.model(x), masked, rtol=1e-4, atol=1e-5)
+    assert result.macs_after == groups.macs(groups.removed_for_widths(widths))
+    hm.save_pruned(result.model, tmp_path / "pruned", architecture=name)
+    assert torch.equal(hm.load_pruned(tmp_path / "pruned")(x), result.model(x))
+    fresh = make_model(name).state_dict()  # the input model is untouched
+    assert all(torch.equal(v, fresh[k]) for k, v in model.state_dict().items())
+
+
+def test_prune_to_widths_by_group_l2_removes_the_units_made_weak_by_hand():
+    model, x = make_model("cifar_resnet20"), example_input(32)
+    groups = hm.ChannelGroups.from_model(model, x)
+    g = next(i for i, s in enumerate(groups.group_sizes) if s == 16)
+    start, weak = sum(groups.group_sizes[:g]), [1, 4, 9, 14]
+    with torch.no_grad():  # zero every slice of four units: they are dead, and the weakest by group L2
+        params = dict(model.named_parameters())
+        for sl in groups.slices:
+            local = sl.unit - start
+            dead = sl.index[(local >= 0) & (local < 16) & torch.isin(local, torch.tensor(weak))]
+            if len(dead):
+                params[sl.param].index_fill_(sl.dim, dead, 0.0)
+    widths = list(groups.group_sizes)
+    widths[g] = 12
+    removed = groups.removed_for_widths(widths, dict(model.named_parameters()))
+    assert torch.nonzero(removed).flatten().tolist() == [start + w for w in weak]
+    pruned = hm.prune_to_widths(model, x, widths, keep="group_l2").model
+    assert hm.ChannelGroups.from_model(pruned, x).group_sizes == widths
+    torch.testing.assert_close(pruned(x), model(x), rtol=1e-4, atol=1e-5)  # only dead units were removed
+
+
+def test_prune_to_widths_refuses_bad_widths_with_the_argument_named():
+    model, x = make_model("cifar_resnet20"), example_input(32)
+    sizes = hm.ChannelGroups.from_model(model, x).group_sizes
+    n = len(sizes)
+    with pytest.raises(ValueError, match=f"one width per coupled group: {n} groups, got 3"):
+        hm.prune_to_widths(model, x, [4, 4, 4])
+    with pytest.raises(ValueError, match=rf"widths\[2\] must be an integer in \[1, {sizes[2]}\] .*, got 0"):
+        hm.prune_to_widths(model, x, sizes[:2] + [0] + sizes[3:])
+    with pytest.raises(ValueError, match=rf"widths\[0\] must be an integer in \[1, {sizes[0]}\] .*, got 2.5"):
+        hm.prune_to_widths(model, x, [2.5] + [1] * (n - 1))
+    with pytest.raises(ValueError, match="keep must be 'first' or 'group_l2'"):
+        hm.prune_to_widths(model, x, [1] * n, keep="last")
+    with pytest.raises(ValueError, match=r"ratios must be \d+ numbers in \(0, 1\]"):
+        hm.ChannelGroups.from_model(model, x).widths_for_ratios([1.5] * n)
+
+
+def test_batchnorm_recalibration_lifts_accuracy_from_chance(tiny_zoo, cifar_small):
+    model = tiny_zoo.model(0)
+    trained = evaluate_accuracy(model, cifar_small)
+    with torch.no_grad():  # statistics of another network, as generated or freshly pruned weights have
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.fill_(3.0)
+                m.running_var.fill_(0.01)
+    broken = evaluate_accuracy(model, cifar_small)
+    batches = iter(torch.utils.data.DataLoader(cifar_small.train, batch_size=100,
+                                               collate_fn=cifar_small.collator(augment=False)))
+    assert recalibrate_batchnorm(model, batches, num_batches=10) == 10
+    recalibrated = evaluate_accuracy(model, cifar_small)
+    assert broken < 0.2 and recalibrated > broken + 0.1 and recalibrated > trained - 0.08, (trained, broken,
+                                                                                            recalibrated)
+    assert not model.training and all(m.momentum == 0.1 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_batchnorm_recalibration_of_swapped_in_weights_and_bad_input(tiny_zoo, cifar_small):
+    model = tiny_zoo.model(0)
+    params = {k: v.clone() for k, v in model.state_dict().items()}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = cifar_small.collator(augment=False)([cifar_small.train[i] for i in range(64)])
+    recalibrate_batchnorm(model, [batch], params=params)
+    for k, v in model.state_dict().items():  # the model's own buffers are untouched
+        assert torch.equal(v, before[k])
+    bn_input = model.layer1[0].bn1  # exactly the batch statistics of one batch (cumulative average)
+    assert not torch.equal(params["layer1.0.bn1.running_mean"], before["layer1.0.bn1.running_mean"])
+    assert bn_input.momentum == 0.1
+    with pytest.raises(ValueError, match="no BatchNorm layer"):
+        recalibrate_batchnorm(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)), [batch])
+    with pytest.raises(ValueError, match="batches yielded nothing"):
+        recalibrate_batchnorm(model, [])
+    with pytest.raises(ValueError, match="num_batches must be a positive integer"):
+        recalibrate_batchnorm(model, [batch], num_batches=0)
+    with pytest.raises(ValueError, match="params must hold the BatchNorm buffers"):
+        recalibrate_batchnorm(model, [batch], params={k: v for k, v in params.items() if "running" not in k})
