@@ -134,3 +134,26 @@ def test_batchnorm_recalibration_of_swapped_in_weights_and_bad_input(tiny_zoo, c
         recalibrate_batchnorm(model, [batch], num_batches=0)
     with pytest.raises(ValueError, match="params must hold the BatchNorm buffers"):
         recalibrate_batchnorm(model, [batch], params={k: v for k, v in params.items() if "running" not in k})
+
+
+def test_the_one_torch_only_rebuild_keeps_a_depthwise_conv_depthwise():
+    from hf_metaprune.pruning.shapes import shrink_to_shapes
+
+    m = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1))
+    shapes = {"0.weight": (5, 1, 3, 3), "0.bias": (5,), "1.weight": (5,), "1.bias": (5,), "1.running_mean": (5,),
+              "1.running_var": (5,), "2.weight": (4, 5, 1, 1)}
+    shrink_to_shapes(m, shapes, {})
+    assert (m[0].groups, m[0].in_channels, m[0].out_channels, m[1].num_features, m[2].in_channels) == (5, 5, 5, 5, 5)
+    assert m.eval()(torch.randn(1, 5, 4, 4)).shape == (1, 4, 4, 4)
+
+
+def test_load_pruned_refuses_weights_that_contradict_the_recorded_widths(tmp_path):
+    import json
+
+    model, x = make_model("cifar_resnet20"), example_input(32)
+    hm.save_pruned(hm.prune_to_speedup(model, x, 2.0).model, tmp_path)
+    spec = json.loads((tmp_path / "pruned_config.json").read_text())
+    spec["widths"]["conv1"]["out"] += 1
+    (tmp_path / "pruned_config.json").write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=r"do not match the per-layer widths .*'conv1' is"):
+        hm.load_pruned(tmp_path)

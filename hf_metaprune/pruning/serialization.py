@@ -12,12 +12,11 @@ from typing import Any
 
 import timm
 import torch
-import torch_pruning as tp
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .._io import PRUNED_CONFIG_NAME, atomic_files
-from .shapes import freeze, frozen_parameters
+from .shapes import freeze, frozen_parameters, shrink_to_shapes
 from .speedup import module_widths
 
 CONFIG_NAME = PRUNED_CONFIG_NAME
@@ -171,44 +170,23 @@ def rebuild_pruned(architecture: str, model_kwargs: dict[str, Any], widths: dict
         raise ValueError(f"{source}: unknown architecture '{architecture}': {e}") from e
     except TypeError as e:  # a keyword the architecture does not take
         raise ValueError(f"{source}: model_kwargs {model_kwargs} do not fit timm's '{architecture}': {e}") from e
-    try:
-        _shrink_to(model, widths, state)
-    except (KeyError, TypeError, IndexError, StopIteration) as e:  # widths of the wrong form
-        raise ValueError(f"{source}: the per-layer widths do not describe a pruned {architecture} "
-                         f"({type(e).__name__}: {e})") from e
+    own = model.state_dict()
+    shapes = {}
+    for key, value in state.items():
+        if key in own and tuple(value.shape) != tuple(own[key].shape):
+            if value.dim() != own[key].dim() or any(a > b for a, b in zip(value.shape, own[key].shape)):
+                raise ValueError(f"{source}: '{key}' has shape {tuple(value.shape)}, which is not a pruned "
+                                 f"{tuple(own[key].shape)} of the {architecture} it declares")
+            shapes[key] = tuple(value.shape)
+    shrink_to_shapes(model, shapes, {})
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ValueError(f"weights in {source} do not match the pruned {architecture} it declares: {e}") from e
+    actual = module_widths(model)
+    wrong = [name for name in sorted(set(actual) | set(widths)) if actual.get(name) != widths.get(name)]
+    if wrong:
+        raise ValueError(f"{source}: the weights do not match the per-layer widths of the pruned {architecture} it "
+                         f"declares: '{wrong[0]}' is {actual.get(wrong[0])} in the weights but {widths.get(wrong[0])} "
+                         f"in the widths ({len(wrong)} layer(s) differ)")
     return model
-
-
-def _shrink_to(model: nn.Module, widths: dict[str, dict[str, int]], state: dict[str, torch.Tensor]) -> None:
-    for name, m in model.named_modules():
-        own = dict(m.named_parameters(recurse=False)) | dict(m.named_buffers(recurse=False))
-        targets = {n: state.get(f"{name}.{n}" if name else n) for n in own}
-        if all(t is None or tuple(t.shape) == tuple(own[n].shape) for n, t in targets.items() if own[n] is not None):
-            continue
-        pruner = tp.pruner.function.PrunerBox.get(tp.ops.module2type(m))
-        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
-            w = widths.get(name)
-            if w is None:
-                raise ValueError(f"pruned config has no width for layer '{name}'")
-            _shrink(pruner.prune_out_channels, m, pruner.get_out_channels(m), w["out"])
-            if tp.ops.module2type(m) != tp.ops.OPTYPE.DEPTHWISE_CONV:
-                _shrink(pruner.prune_in_channels, m, pruner.get_in_channels(m), w["in"])
-        elif pruner is not None:
-            # channels are the last dimension: norms' 1-D tensors, an embedding's columns
-            size = next(t.shape[-1] for n, t in targets.items() if t is not None and t.dim() > 0)
-            _shrink(pruner.prune_out_channels, m, pruner.get_out_channels(m), size)
-        else:
-            for n, t in targets.items():  # loose 1-D parameters such as layer-scale gammas
-                if t is not None and tuple(t.shape) != tuple(own[n].shape):
-                    setattr(m, n, nn.Parameter(own[n].detach().new_empty(t.shape)))
-
-
-def _shrink(prune_fn, module: nn.Module, current: int, wanted: int) -> None:
-    if wanted > current:
-        raise ValueError(f"pruned width {wanted} exceeds the base width {current} of {type(module).__name__}")
-    if wanted < current:
-        prune_fn(module, list(range(wanted, current)))

@@ -30,6 +30,8 @@ def shrink_to_shapes(model: nn.Module, shapes: dict, head_counts: dict) -> None:
         if isinstance(m, nn.Linear):
             m.out_features, m.in_features = w.shape
         elif isinstance(m, nn.modules.conv._ConvNd):
+            if m.groups > 1 and m.groups == m.out_channels == m.in_channels and w.shape[0] != m.out_channels:
+                m.groups = w.shape[0]  # depthwise stays depthwise: one group per remaining channel
             m.out_channels, m.in_channels = w.shape[0], w.shape[1] * m.groups
         elif isinstance(m, nn.Embedding):
             m.num_embeddings, m.embedding_dim = w.shape
