@@ -94,7 +94,12 @@ class ChannelGroups:
     @classmethod
     def from_model(cls, model: nn.Module, example_inputs: Any) -> "ChannelGroups":
         """The groups :func:`~hf_metaprune.prune_to_speedup` prunes, with the same units (channels or heads)."""
-        dg, tp_groups, head_dims = coupled_groups(model, example_inputs)
+        return cls.from_coupled_groups(model, example_inputs, *coupled_groups(model, example_inputs))
+
+    @classmethod
+    def from_coupled_groups(cls, model: nn.Module, example_inputs: Any, dg: tp.DependencyGraph, tp_groups: list,
+                            head_dims: dict[nn.Module, int]) -> "ChannelGroups":
+        """:meth:`from_model` on groups already traced by :func:`coupled_groups` (no second trace)."""
         names = {m: n for n, m in model.named_modules()}
         slices, group_of_unit, offset = [], [], 0
         _, layer_macs = count_macs(model, example_inputs)

@@ -241,9 +241,9 @@ def prune_to_widths(model: nn.Module, example_inputs: Any, widths, keep: str = "
     pruned = copy.deepcopy(model)
     frozen = {n for n, p in pruned.named_parameters() if not p.requires_grad}
     attention = find_attention_modules(pruned)
-    groups = ChannelGroups.from_model(pruned, example_inputs)
-    removed = groups.removed_for_widths(widths, dict(pruned.named_parameters()) if keep == "group_l2" else None)
     dg, tp_groups, head_dims = coupled_groups(pruned, example_inputs)
+    groups = ChannelGroups.from_coupled_groups(pruned, example_inputs, dg, tp_groups, head_dims)
+    removed = groups.removed_for_widths(widths, dict(pruned.named_parameters()) if keep == "group_l2" else None)
     macs0, params0 = count_macs_and_params(pruned, example_inputs)
     start = 0
     for group, size in zip(tp_groups, groups.group_sizes):

@@ -174,8 +174,8 @@ class PruningNetModel(PruningMethodPreTrainedModel):
     def evaluate_gene(self, gene: Iterable[int], recalibration_batches: list, eval_batches: list) -> float:
         """Accuracy of the generated weights of ``gene`` on ``eval_batches`` after re-estimating BatchNorm
         statistics on ``recalibration_batches`` (MetaPruning's fitness; without it, eval-mode accuracy is noise)."""
-        params = {k: v.detach().clone() if k in dict(self.network.named_buffers()) else v.detach()
-                  for k, v in self.generate_params(gene).items()}
+        buffers = dict(self.network.named_buffers())  # cloned: recalibration rewrites them in place
+        params = {k: v.detach().clone() if k in buffers else v.detach() for k, v in self.generate_params(gene).items()}
         was_training = self.network.training
         recalibrate_batchnorm(self.network, recalibration_batches, params=params)
         correct = total = 0
