@@ -28,7 +28,7 @@ from accelerate.utils import broadcast_object_list
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 import hf_metaprune as hm
-from hf_metaprune.methods.pruningnet import recalibration_batches
+from hf_metaprune.pruning import recalibration_batches
 from hf_metaprune.training import evaluate_accuracy
 
 

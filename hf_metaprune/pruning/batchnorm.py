@@ -3,7 +3,7 @@ another network; re-estimating them on a few training batches (no gradient) is w
 such weights meaningful (MetaPruning's search, any pruned network before finetuning)."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -69,3 +69,17 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable, num_batches: int 
         raise ValueError("recalibrate_batchnorm: batches yielded nothing")
     model.eval()
     return used
+
+
+def recalibration_batches(data: Any, samples: int = 2000, batch_size: int = 250, seed: int = 0) -> list:
+    """A seeded sample of ``samples`` training images of ``data`` (a ``ClassificationData``; no augmentation),
+    collated: what BatchNorm statistics are re-estimated on, the same for every candidate network so they are compared
+    on equal terms."""
+    if not (hasattr(data, "train") and hasattr(data, "collator")):
+        raise TypeError(f"data must be a ClassificationData (hf_metaprune.load_image_classification), got "
+                        f"{type(data).__name__}")
+    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed)).tolist()[:samples]
+    if not order:
+        raise ValueError("BatchNorm recalibration needs training images; data.train is empty")
+    collate = data.collator(augment=False)
+    return [collate([data.train[j] for j in order[i:i + batch_size]]) for i in range(0, len(order), batch_size)]

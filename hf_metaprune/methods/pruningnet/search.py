@@ -7,10 +7,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
-from ...pruning import PruneResult
+from ...pruning import PruneResult, recalibration_batches
 from ...pruning.speedup import check_number
 
 
@@ -128,20 +127,10 @@ def evolutionary_search(pruningnet, data: Any, speed_up: float, window: float = 
                         seconds=time.time() - start)
 
 
-def recalibration_batches(data: Any, samples: int = 2000, batch_size: int = 250, seed: int = 0) -> list:
-    """A seeded sample of ``samples`` training images (no augmentation), collated: what BatchNorm statistics are
-    re-estimated on, the same for every gene so their fitness is compared on equal terms."""
-    _check_data(data)
-    order = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed)).tolist()[:samples]
-    if not order:
-        raise ValueError("BatchNorm recalibration needs training images; data.train is empty")
-    collate = data.collator(augment=False)
-    return [collate([data.train[j] for j in order[i:i + batch_size]]) for i in range(0, len(order), batch_size)]
-
-
 def _batches(data: Any, recalibration_samples: int, eval_samples: int | None, batch_size: int,
              seed: int) -> tuple[list, list]:
     """Recalibration batches and the validation batches every gene is scored on."""
+    _check_data(data)
     recal = recalibration_batches(data, recalibration_samples, batch_size, seed)
     n_eval = len(data.validation) if eval_samples is None else min(eval_samples, len(data.validation))
     if n_eval == 0:
