@@ -1,4 +1,21 @@
+import glob
+import os
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildWithModelCards(build_py):
+    """Copy the top-level model_cards/ templates into the built package (hf_metaprune/model_cards/), where an
+    installed (non-editable) hf_metaprune finds them; a source checkout reads them in place."""
+
+    def run(self):
+        super().run()
+        target = os.path.join(self.build_lib, "hf_metaprune", "model_cards")
+        self.mkpath(target)
+        for path in sorted(glob.glob("model_cards/*.md")):
+            self.copy_file(path, target)
+
 
 setup(
     name="hf_metaprune",
@@ -7,7 +24,9 @@ setup(
     long_description=open("README.md").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["hf_metaprune", "hf_metaprune.*"]),
-    package_data={"hf_metaprune": ["methods/*/*.md"]},
+    package_data={"hf_metaprune": ["methods/*/pretrained/*/*"]},  # shipped checkpoints (safetensors, config, card)
+    cmdclass={"build_py": BuildWithModelCards},
+    entry_points={"console_scripts": ["hf-metaprune=hf_metaprune.cli:main"]},
     python_requires=">=3.10",
     # Lowest versions checked by the test suite (torch 2.14.1 / torchvision 0.29.1); no upper pins.
     install_requires=[

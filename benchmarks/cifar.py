@@ -59,8 +59,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_seeds=3, base_epochs=20.0, base_learning_rate=0.2, base_warmup=0.15, bf16=True, num_zoo_models=10,
         num_eval_zoo_models=2, zoo_prune_speed_up=[1.6, 1.0, 1.3, 1.0], zoo_finetune_epochs=3.0,
         zoo_finetune_learning_rate=0.02, hidden_size=32, num_layers=4, meta_max_steps=[150], meta_eval_steps=25,
-        meta_learning_rate=[1e-3], meta_sparsity_lambda=[3e-2], meta_sparsity_relative=[True],
-        meta_residual_scale=[0.1], meta_prune_aware_weight=[0.5], task_batch_size=64, meta_task_batches_per_step=[2],
+        # the metanetwork: the cpu-ablation's selected candidate (README, "Ablation")
+        meta_learning_rate=[1e-3], meta_sparsity_lambda=[0.03], meta_sparsity_relative=[True],
+        meta_residual_scale=[0.1], meta_prune_aware_weight=[0.5], meta_prune_aware_temperature=[0.0],
+        meta_distill_weight=[0.0], meta_warmup=[0.0], task_batch_size=64, meta_task_batches_per_step=[4],
         speed_ups=[2.0, 3.0], pre_epochs=3.0, post_epochs=6.0, sl_lambda=2.5e-3,
         methods=["depgraph-sl", "metanetwork", "metanetwork-sl"], models_dir="zoos/cifar10-resnet20",
         transfer_architectures=["cifar_resnet32", "cifar_resnet56"]),
@@ -186,6 +188,9 @@ class BenchmarkArguments:
     stop_after: str = field(default="", metadata={
         "help": "'models': train base / zoo / transfer models only; 'metanetwork': also meta-train every candidate "
                 "and write the candidate (ablation) table"})
+    ship_as: str = field(default="", metadata={
+        "help": "also save the selected metanetwork inside the package under this name (a shipped default, "
+                "MetaPrunerModel.from_pretrained(name) offline), its card recording this command"})
 
     def __post_init__(self):
         self.output_dir = self.output_dir or f"outputs/cifar-{self.preset}"
@@ -274,20 +279,18 @@ def candidate_key(args, candidate: dict) -> str:
 
 
 def train_metanetwork(args, candidate: dict, train_zoo, eval_zoo, data, common: dict):
-    """Meta-train one candidate with prune-and-probe checkpoint selection; cached in its folder."""
+    """Meta-train one candidate with prune-and-probe checkpoint selection (hm.meta_train); cached in its folder."""
     run_dir = os.path.join(args.output_dir, "metanetwork", candidate_key(args, candidate))
-    final = os.path.join(run_dir, "final")
-    if not os.path.isfile(os.path.join(final, "config.json")):
-        set_seed(0)
-        graph = hm.model_to_graph(train_zoo.model(0), data.example_inputs())
-        config = hm.MetaPrunerConfig.for_graphs([graph], hidden_size=args.hidden_size, num_layers=args.num_layers,
-                                                residual_scale=candidate["residual_scale"], dataset=args.dataset)
+    log_path = os.path.join(run_dir, "log_history.json")
+    if not os.path.isfile(log_path):
         schedule = dict(lr_scheduler_type="cosine", warmup_steps=candidate["warmup"]) if candidate["warmup"] > 0 \
             else dict(lr_scheduler_type="constant")
-        training_args = hm.MetaPrunerTrainingArguments(
-            output_dir=run_dir, max_steps=candidate["max_steps"], per_device_train_batch_size=1,
-            learning_rate=candidate["learning_rate"], sparsity_lambda=candidate["sparsity_lambda"],
-            sparsity_relative=candidate["sparsity_relative"], optim="adamw_torch", weight_decay=0.0,
+        start = time.time()
+        result = hm.meta_train(
+            train_zoo, data, run_dir, eval_zoo=eval_zoo, hidden_size=args.hidden_size, num_layers=args.num_layers,
+            residual_scale=candidate["residual_scale"], seed=0, dataset=args.dataset, resume=True,
+            max_steps=candidate["max_steps"], learning_rate=candidate["learning_rate"],
+            sparsity_lambda=candidate["sparsity_lambda"], sparsity_relative=candidate["sparsity_relative"],
             max_grad_norm=candidate["max_grad_norm"], task_batch_size=args.task_batch_size,
             task_batches_per_step=candidate["task_batches_per_step"],
             prune_aware_weight=candidate["prune_aware_weight"], prune_aware_speed_ups=list(args.speed_ups),
@@ -295,21 +298,25 @@ def train_metanetwork(args, candidate: dict, train_zoo, eval_zoo, data, common: 
             distill_weight=candidate["distill_weight"], probe_speed_up=min(args.speed_ups),
             probe_finetune_steps=args.probe_finetune_steps, probe_learning_rate=args.finetune_learning_rate,
             eval_strategy="steps", eval_steps=args.meta_eval_steps, save_strategy="steps",
-            save_steps=args.meta_eval_steps, save_total_limit=1, load_best_model_at_end=True, seed=0,
-            dataloader_drop_last=True, logging_steps=5, **schedule, **common)
-        trainer = hm.MetaPrunerTrainer(hm.MetaPrunerModel(config), training_args, train_zoo, data, eval_zoo=eval_zoo)
-        start = time.time()
-        trainer.train()
-        trainer.save_model(final)
-        if os.path.isfile(os.path.join(final, "training_args.bin")):
-            os.remove(os.path.join(final, "training_args.bin"))  # pickled arguments: not part of the model
-        history = [h for h in trainer.state.log_history if "eval_probe_accuracy" in h or "task_loss" in h]
-        with open(os.path.join(run_dir, "log_history.json"), "w") as f:
+            save_steps=args.meta_eval_steps, save_total_limit=1, load_best_model_at_end=True, logging_steps=5,
+            **schedule, **common)
+        history = [h for h in result.log_history if "eval_probe_accuracy" in h or "task_loss" in h]
+        with open(log_path, "w") as f:
             json.dump({"candidate": candidate, "seconds": time.time() - start, "history": history}, f, indent=2)
-    with open(os.path.join(run_dir, "log_history.json")) as f:
+    with open(log_path) as f:
         log_history = json.load(f)
+    final = os.path.join(run_dir, "final")
     model = hm.MetaPrunerModel.from_pretrained(final).eval()
     return model, final, dict(model.config.validation_scores or {}), log_history
+
+
+def ship(metapruner, name: str, command: str) -> str:
+    """Save the selected metanetwork inside the package (methods/metapruner/pretrained/<name>), where
+    ``MetaPrunerModel.from_pretrained(name)`` finds it offline; its model card records ``command``."""
+    folder = os.path.join(os.path.dirname(hm.__file__), "methods", "metapruner", "pretrained", name)
+    metapruner.config.training_command = command
+    metapruner.save_pretrained(folder)
+    return folder
 
 
 def summarize(values: list[float]) -> dict:
@@ -474,6 +481,9 @@ def main(argv: list[str] | None = None) -> dict:
     cache.add_seconds("meta_training", time.time() - t)
     log(f"selected candidate {best} (probe accuracy {candidates[best]['validation_scores'].get('probe_accuracy')})")
     meta_key = os.path.basename(os.path.dirname(candidates[best]["path"]))
+    if args.ship_as:
+        command = "python benchmarks/cifar.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        log(f"shipped the selected metanetwork as '{args.ship_as}': {ship(metapruner, args.ship_as, command)}")
     tag = lambda stage: f"{stage}-{meta_key}" if stage.startswith("metanetwork") else stage  # noqa: E731  (cache)
     os.makedirs(args.results_dir, exist_ok=True)
     prefix = os.path.join(args.results_dir, f"cifar_{args.preset}")

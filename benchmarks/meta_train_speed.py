@@ -93,7 +93,8 @@ class Bench:
         self.metanet = hm.MetaPrunerModel(config)
         args = hm.MetaPrunerTrainingArguments(
             output_dir=output_dir, per_device_train_batch_size=1, task_batch_size=task_batch_size,
-            task_batches_per_step=1, use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no",
+            task_batches_per_step=1, prune_aware_weight=0.0, sparsity_relative=False, use_cpu=True, report_to=[],
+            save_strategy="no", logging_strategy="no",
             disable_tqdm=True, seed=0)
         self.trainer = hm.MetaPrunerTrainer(self.metanet, args, zoo, data)
         self.trainer.create_optimizer_and_scheduler(num_training_steps=10**6)

@@ -6,7 +6,7 @@
     # two CPU processes: accelerate launch --multi_gpu --num_processes 2 examples/prune_bert.py ...
 
 The BERT is built from a config (no download). Without ``--tokenizer`` a WordPiece vocabulary is built from the
-training split (offline). Every flag of examples/transformers_pipeline.py's PipelineArguments is accepted
+training split (offline). Every flag of hf_metaprune.training.transformers_pipeline.PipelineArguments is accepted
 (``--help``). Writes ``<output_dir>/results.json`` and the pruned model + tokenizer to ``<output_dir>/pruned``
 (reload with ``AutoModelForSequenceClassification.from_pretrained`` after ``import hf_metaprune``).
 """
@@ -15,7 +15,7 @@ import sys
 from transformers import AutoModelForSequenceClassification, BertConfig
 
 import hf_metaprune as hm
-from transformers_pipeline import parse, run
+from hf_metaprune.training.transformers_pipeline import parse, run
 
 
 def main(argv=None):

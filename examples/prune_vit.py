@@ -5,14 +5,14 @@
     # two CPU processes: accelerate launch --multi_gpu --num_processes 2 examples/prune_vit.py ...
 
 The ViT is built from a config (32x32 images, 4x4 patches; no download). Every flag of
-examples/transformers_pipeline.py's PipelineArguments is accepted (``--help``). Writes
+hf_metaprune.training.transformers_pipeline.PipelineArguments is accepted (``--help``). Writes
 ``<output_dir>/results.json`` and the pruned model to ``<output_dir>/pruned`` (reload it with
 ``AutoModelForImageClassification.from_pretrained`` after ``import hf_metaprune``).
 """
 from transformers import AutoModelForImageClassification, ViTConfig
 
 import hf_metaprune as hm
-from transformers_pipeline import parse, run
+from hf_metaprune.training.transformers_pipeline import parse, run
 
 
 def main(argv=None):

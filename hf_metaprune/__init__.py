@@ -1,13 +1,18 @@
 """hf_metaprune: meta-learned structured pruning with graph metanetworks, Hugging Face style."""
+import warnings
+
+# torch_geometric calls torch.jit.script at import; torch >= 2.9 warns on every import of hf_metaprune otherwise
+warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=FutureWarning)
 from . import models  # registers the CIFAR models with timm
 from .graph import NetworkGraph, UnsupportedModuleError, graph_to_model, model_to_graph
-from .pruning import (ChannelGroups, PruneResult, count_macs_and_params, load_pruned, prune_to_speedup, prune_to_widths,
-                      save_pruned)
+from .pruning import (ChannelGroups, PruneResult, count_macs_and_params, load_pruned, measure_latency, module_widths,
+                      prune_to_speedup, prune_to_widths, save_pruned)
 from .data import load_image_classification, load_text_classification
 from .env import library_versions
-from .training import DataModelZoo, finetune, prune_and_finetune, train_zoo
+from .training import DataModelZoo, evaluate_accuracy, finetune, prune_and_finetune, train_zoo
 from .methods import get_method
-from .methods.metapruner import MetaPrunerConfig, MetaPrunerModel, MetaPrunerTrainer, MetaPrunerTrainingArguments
+from .methods.metapruner import (MetaPrunerConfig, MetaPrunerModel, MetaPrunerTrainer, MetaPrunerTrainingArguments,
+                                 meta_train)
 from .methods.pruningnet import PruningNetConfig, PruningNetModel, PruningNetTrainer
 
 __version__ = "0.1.0"
@@ -26,6 +31,7 @@ __all__ = [
     "PruningNetTrainer",
     "UnsupportedModuleError",
     "count_macs_and_params",
+    "evaluate_accuracy",
     "finetune",
     "get_method",
     "graph_to_model",
@@ -33,7 +39,10 @@ __all__ = [
     "load_image_classification",
     "load_text_classification",
     "load_pruned",
+    "measure_latency",
+    "meta_train",
     "model_to_graph",
+    "module_widths",
     "prune_and_finetune",
     "prune_to_speedup",
     "prune_to_widths",

@@ -25,6 +25,7 @@ def _metapruner(zoo, data, **kw):
 def _args(out, **kw):
     defaults = dict(output_dir=str(out), max_steps=4, per_device_train_batch_size=1, learning_rate=1e-3,
                     optim="adamw_torch", weight_decay=0.0, lr_scheduler_type="constant", sparsity_lambda=1e-3,
+                    sparsity_relative=False, prune_aware_weight=0.0,
                     task_batch_size=32, task_batches_per_step=2, logging_steps=1, save_strategy="no",
                     eval_strategy="no", probe_finetune_steps=3, probe_eval_samples=200, report_to="none",
                     disable_tqdm=True, use_cpu=True, seed=0)

@@ -70,6 +70,7 @@ def test_zoo_metatraining_and_pipeline(kind, trec, cifar_tiny, tmp_path):
                                                                    residual_scale=0.1))
     args = hm.MetaPrunerTrainingArguments(
         output_dir=str(tmp_path / "meta"), max_steps=4, learning_rate=1e-3, sparsity_lambda=1e-3,
+        sparsity_relative=False, prune_aware_weight=0.0,
         task_batch_size=16, task_batches_per_step=2, per_device_train_batch_size=1, eval_strategy="steps",
         eval_steps=4, save_strategy="no", probe_speed_up=1.5, probe_finetune_steps=2, logging_steps=1,
         report_to="none", use_cpu=True, disable_tqdm=True, seed=0)

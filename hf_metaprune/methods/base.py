@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import sys
 import tempfile
 from typing import Any
 
@@ -142,12 +143,37 @@ def _path_argument(value: Any, argument: str, expected: str, where: str) -> str:
     return os.fsdecode(path) if isinstance(path, bytes) else path
 
 
+def model_card_template(method: str) -> str:
+    """The path of ``model_cards/<method>.md``: the repository's top-level folder in a source checkout (editable
+    install), the copy ``setup.py`` puts into the package in a built one."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for folder in (os.path.join(package, "model_cards"), os.path.join(os.path.dirname(package), "model_cards")):
+        path = os.path.join(folder, f"{method}.md")
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(f"the model-card template {method}.md is missing from {package}/model_cards (a broken "
+                            "install: reinstall hf_metaprune)")
+
+
+def shipped_checkpoints(cls: type) -> dict[str, str]:
+    """Checkpoints of ``cls``'s method shipped inside the package (``methods/<method>/pretrained/<name>/``), by short
+    name: they load offline with ``cls.from_pretrained(name)``."""
+    root = os.path.join(os.path.dirname(os.path.abspath(sys.modules[cls.__module__].__file__)), "pretrained")
+    if not os.path.isdir(root):
+        return {}
+    return {name: os.path.join(root, name) for name in sorted(os.listdir(root))
+            if os.path.isfile(os.path.join(root, name, CONFIG_NAME))}
+
+
 def _resolve_pretrained_source(source: Any, where: str, kwargs: dict, cls: type) -> Any:
-    """``source`` for transformers: a checked local folder, or a Hub repo id left as it is."""
+    """``source`` for transformers: a checked local folder, a shipped checkpoint's folder (by its short name), or a
+    Hub repo id left as it is."""
     if source is None:  # transformers' config= + state_dict= loading
         return None
     path = _path_argument(source, "pretrained_model_name_or_path", "a local folder or a Hub repo id", where)
     local = os.path.expanduser(path)
+    if not os.path.isdir(local) and path in shipped_checkpoints(cls):
+        local = shipped_checkpoints(cls)[path]
     if not os.path.isdir(local):
         if os.path.exists(local):
             raise NotADirectoryError(f"{where}: '{path}' is a file; expected the folder written by save_pretrained "

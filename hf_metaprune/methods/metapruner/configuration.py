@@ -169,6 +169,7 @@ _FIELD_CHECKS: dict[str, Callable[[Any], Any]] = {
     "target_speed_ups": _check_target_speed_ups,
     "num_data_models": _check_num_data_models,
     "validation_scores": _check_validation_scores,
+    "training_command": lambda v: _optional_str("training_command", v),
 }
 
 
@@ -190,8 +191,9 @@ class MetaPrunerConfig(PretrainedConfig):
         node_kinds: per-channel record kinds (see ``hf_metaprune.graph.NODE_KINDS``).
         edge_chunk_size: edges processed at once by the edge MLPs (speed and memory only; results identical).
         criterion: the pruning criterion the metanetwork was trained for.
-        base_architecture / dataset / target_speed_ups / num_data_models / validation_scores: what it was
-            trained for and on, and its prune-and-probe scores; written to the model card.
+        base_architecture / dataset / target_speed_ups / num_data_models / validation_scores / training_command:
+            what it was trained for and on, its prune-and-probe scores and the command that trained it; written to
+            the model card.
 
     Every field is checked on construction and on assignment: a wrong type raises ``TypeError`` and a value out of
     range ``ValueError``, both naming the field. Loading a ``config.json`` additionally requires the fields in
@@ -216,6 +218,7 @@ class MetaPrunerConfig(PretrainedConfig):
         target_speed_ups: list[float] | None = None,
         num_data_models: int | None = None,
         validation_scores: dict[str, float] | None = None,
+        training_command: str | None = None,
         **kwargs,
     ):
         # every assignment goes through __setattr__, which validates and normalises the field
@@ -233,6 +236,7 @@ class MetaPrunerConfig(PretrainedConfig):
         self.target_speed_ups = target_speed_ups
         self.num_data_models = num_data_models
         self.validation_scores = validation_scores
+        self.training_command = training_command
         super().__init__(**kwargs)
 
     def __setattr__(self, key, value):

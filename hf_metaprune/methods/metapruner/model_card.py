@@ -1,14 +1,11 @@
-"""The metanetwork's model card, rendered from ``model_card.md`` (beside this file) with ``huggingface_hub.ModelCard``
+"""The metanetwork's model card, rendered from ``model_cards/metapruner.md`` with ``huggingface_hub.ModelCard``
 (saving adds the marker that tells an unedited card from a user's README: :mod:`hf_metaprune.methods.base`)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from huggingface_hub import ModelCard, ModelCardData
 
+from ..base import model_card_template
 from .configuration import MetaPrunerConfig
-
-TEMPLATE = Path(__file__).parent / "model_card.md"
 
 
 def metapruner_model_card(config: MetaPrunerConfig, model_id: str | None = None) -> ModelCard:
@@ -27,7 +24,8 @@ def metapruner_model_card(config: MetaPrunerConfig, model_id: str | None = None)
         target_speed_ups=config.target_speed_ups, num_data_models=config.num_data_models,
         validation_scores=config.validation_scores)
     return ModelCard.from_template(
-        card_data, template_path=str(TEMPLATE), model_id=model_id, base_architecture=config.base_architecture,
+        card_data, template_path=model_card_template("metapruner"), model_id=model_id, base_architecture=config.base_architecture,
         dataset=config.dataset, criterion=config.criterion, target_speed_ups=config.target_speed_ups,
         num_data_models=config.num_data_models, validation_scores=config.validation_scores,
-        num_layers=config.num_layers, hidden_size=config.hidden_size, residual_scale=config.residual_scale)
+        num_layers=config.num_layers, hidden_size=config.hidden_size, residual_scale=config.residual_scale,
+        training_command=config.training_command)

@@ -31,7 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from accelerate.utils import gather_object
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments, set_seed
+from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer_utils import get_last_checkpoint
 
 from ...data import ClassificationData
 from ...graph import NetworkGraph, model_to_graph
@@ -39,19 +41,36 @@ from ...pruning import prune_to_speedup
 from ...pruning.groups import ChannelGroups, sparsity_penalty
 from ...training.finetune import classifier_logits, evaluate_accuracy
 from ...training.zoo import DataModelZoo
+from .configuration import MetaPrunerConfig
 from .modeling import MetaPrunerModel
 from .objectives import group_norm_stats, task_loss
 
 
 @dataclass
 class MetaPrunerTrainingArguments(TrainingArguments):
-    """``TrainingArguments`` plus the meta-training objective and the prune-and-probe evaluation."""
+    """``TrainingArguments`` plus the meta-training objective and the prune-and-probe evaluation.
 
-    sparsity_lambda: float = field(default=1e-4, metadata={"help": "λ of the group-norm sparsity term"})
+    Defaults that differ from ``TrainingArguments``: AdamW (unfused, no weight decay) at a constant 1e-3 — the
+    metanetwork's edits are small residuals that weight decay or a decaying schedule would only shrink — one data
+    model per device and step, no reporting integrations and the CPU when no GPU is visible. The objective's defaults (relative sparsity λ = 3e-2,
+    pruning-aware share β = 0.5, 4 task batches of 64 per step) are the recipe the CIFAR ablation selected on
+    validation data (README, "Ablation"); the published objective is ``prune_aware_weight=0``.
+    """
+
+    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate of the metanetwork"})
+    optim: str = field(default="adamw_torch", metadata={"help": "optimizer (TrainingArguments.optim)"})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "schedule (TrainingArguments)"})
+    per_device_train_batch_size: int = field(default=1, metadata={"help": "data models per device and step"})
+    logging_steps: float = field(default=10, metadata={"help": "log the objective's terms every N steps"})
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "reporting integrations"})
+    use_cpu: bool = field(default=not torch.cuda.is_available(), metadata={
+        "help": "run on the CPU (default when no GPU is visible: then `accelerate launch --multi_gpu` runs gloo DDP "
+                "over CPU processes)"})
+    sparsity_lambda: float = field(default=3e-2, metadata={"help": "λ of the group-norm sparsity term"})
     sparsity_alpha: float = field(default=16.0, metadata={"help": "α of DepGraph's per-unit weights γ"})
-    sparsity_relative: bool = field(default=False, metadata={
+    sparsity_relative: bool = field(default=True, metadata={
         "help": "divide each unit's term by its group's mean squared norm: scale-free, rewards concentration only"})
-    prune_aware_weight: float = field(default=0.0, metadata={
+    prune_aware_weight: float = field(default=0.5, metadata={
         "help": "share β of the task loss on W' with the units pruning would remove masked out (1 − β on W')"})
     prune_aware_speed_ups: list[float] | None = field(default=None, metadata={
         "help": "MACs speed-ups the pruning-aware term masks for, one drawn per step and data model "
@@ -60,8 +79,8 @@ class MetaPrunerTrainingArguments(TrainingArguments):
         "help": "0: hard mask (constant); > 0: straight-through sigmoid of the criterion's score at this temperature"})
     distill_weight: float = field(default=0.0, metadata={
         "help": "share of each task term replaced by the KL divergence (T=4) to the untransformed model's outputs"})
-    task_batch_size: int = field(default=128, metadata={"help": "images per task batch"})
-    task_batches_per_step: int = field(default=8, metadata={"help": "task batches per GNN backward"})
+    task_batch_size: int = field(default=64, metadata={"help": "images per task batch"})
+    task_batches_per_step: int = field(default=4, metadata={"help": "task batches per GNN backward"})
     weak_group_threshold: float = field(default=0.5, metadata={
         "help": "a unit is weak when its norm is below this × its group's mean norm in the untransformed model"})
     probe_speed_up: float = field(default=2.0, metadata={"help": "MACs speed-up pruned to during evaluation"})
@@ -317,6 +336,14 @@ class MetaPrunerTrainer(Trainer):
                 opt.step()
         return model.eval()
 
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        """Checkpoints and the final folder stay pickle-free: the Trainer's pickled ``training_args.bin`` is dropped
+        (resuming does not read it; the arguments are in ``trainer_state.json``'s log and the model card)."""
+        super()._save(output_dir, state_dict)
+        path = os.path.join(output_dir or self.args.output_dir, TRAINING_ARGS_NAME)
+        if os.path.isfile(path):
+            os.remove(path)
+
     # ---- end of training: the best checkpoint's scores go to the model card --------------------------------
     def train(self, *args, **kwargs):
         output = super().train(*args, **kwargs)
@@ -334,3 +361,71 @@ def _seed(*parts: int) -> int:
     for p in parts:
         seed = (seed * 1_000_003 + p + 1) % (2 ** 62)
     return seed
+
+
+@dataclass
+class MetaTrainResult:
+    model: MetaPrunerModel
+    path: str  # <output_dir>/final: model.safetensors, config.json, README.md model card
+    log_history: list[dict] = field(default_factory=list)
+
+
+def meta_train(
+    zoo: DataModelZoo,
+    data: ClassificationData,
+    output_dir: str,
+    eval_zoo: DataModelZoo | None = None,
+    num_eval_models: int = 1,
+    hidden_size: int = 64,
+    num_layers: int = 8,
+    residual_scale: float = 0.1,
+    seed: int = 0,
+    dataset: str | None = None,
+    resume: bool | str = False,
+    args: MetaPrunerTrainingArguments | None = None,
+    **training_args,
+) -> MetaTrainResult:
+    """Meta-train a metanetwork on ``zoo`` — the one path the CLI, the examples and the benchmarks share.
+
+    The metanetwork is sized for the zoo's graphs (``MetaPrunerConfig.for_graphs``) and initialised from ``seed``;
+    ``eval_zoo`` (default: the last ``num_eval_models`` data models of ``zoo``, held out) is pruned and probed at each
+    evaluation, and scored once more at the end when the last step was not evaluated, so the model card always holds
+    validation scores; ``dataset`` (the task data's path or Hub id) is recorded in the model card. Keyword
+    arguments go to :class:`MetaPrunerTrainingArguments` (or pass ``args``, e.g. parsed from a command line; then
+    ``seed`` only seeds the initialisation). The result is saved (pickle-free) to ``<output_dir>/final``;
+    ``resume=True`` continues from the newest checkpoint in ``output_dir`` (a path: from that checkpoint) and returns
+    a finished run's metanetwork without training again.
+    """
+    final = os.path.join(output_dir, "final")
+    if isinstance(resume, str) and not os.path.isdir(resume):
+        raise FileNotFoundError(f"meta_train: resume checkpoint '{resume}' is not a folder")
+    if resume is True and os.path.isfile(os.path.join(final, "config.json")):
+        last = get_last_checkpoint(output_dir)
+        state = os.path.join(last, "trainer_state.json") if last else ""
+        history = json.load(open(state)).get("log_history", []) if os.path.isfile(state) else []
+        return MetaTrainResult(MetaPrunerModel.from_pretrained(final).eval(), final, history)
+    if eval_zoo is None and num_eval_models > 0:
+        zoo, eval_zoo = zoo.split(num_eval_models)
+    if args is None:
+        defaults = dict(output_dir=output_dir, seed=seed, **({"eval_strategy": "no"} if eval_zoo is None else {}))
+        args = MetaPrunerTrainingArguments(**{**defaults, **training_args})
+    elif training_args or not isinstance(args, MetaPrunerTrainingArguments):
+        raise TypeError("meta_train: pass MetaPrunerTrainingArguments as args= or as keyword arguments, not both")
+    elif os.path.abspath(args.output_dir or "") != os.path.abspath(output_dir):
+        raise ValueError(f"meta_train: args.output_dir {args.output_dir!r} differs from output_dir {output_dir!r}")
+    set_seed(seed)  # the metanetwork's initialisation
+    graph = model_to_graph(zoo.model(0), data.example_inputs())
+    config = MetaPrunerConfig.for_graphs([graph], hidden_size=hidden_size, num_layers=num_layers,
+                                         residual_scale=residual_scale, dataset=dataset)
+    trainer = MetaPrunerTrainer(MetaPrunerModel(config), args, zoo, data, eval_zoo=eval_zoo)
+    last = resume if isinstance(resume, str) else \
+        get_last_checkpoint(output_dir) if resume and os.path.isdir(output_dir) else None
+    trainer.train(resume_from_checkpoint=last)
+    evaluated = [h["step"] for h in trainer.state.log_history if "eval_probe_accuracy" in h]
+    if eval_zoo is not None and not args.load_best_model_at_end and (
+            not evaluated or evaluated[-1] != trainer.state.global_step):
+        trainer.evaluate()  # scores of the final weights, for the model card
+    trainer.save_model(final)
+    trainer.accelerator.wait_for_everyone()
+    model = trainer.accelerator.unwrap_model(trainer.model).eval()
+    return MetaTrainResult(model, final, trainer.state.log_history)

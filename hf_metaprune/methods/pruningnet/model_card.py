@@ -1,11 +1,9 @@
-"""The PruningNet's model card (``model_card.md`` beside this file, rendered with ``huggingface_hub.ModelCard``)."""
+"""The PruningNet's model card (``model_cards/pruningnet.md``, rendered with ``huggingface_hub.ModelCard``)."""
 from __future__ import annotations
-
-from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
-TEMPLATE = Path(__file__).parent / "model_card.md"
+from ..base import model_card_template
 
 
 def pruningnet_model_card(config, model_id: str | None = None) -> ModelCard:
@@ -17,7 +15,7 @@ def pruningnet_model_card(config, model_id: str | None = None) -> ModelCard:
                               datasets=[config.dataset] if config.dataset else None,
                               base_architecture=config.base_architecture, validation_scores=config.validation_scores)
     return ModelCard.from_template(
-        card_data, template_path=str(TEMPLATE), model_id=model_id, base_architecture=config.base_architecture,
+        card_data, template_path=model_card_template("pruningnet"), model_id=model_id, base_architecture=config.base_architecture,
         dataset=config.dataset, hidden_size=config.hidden_size, num_ratios=len(config.width_ratios),
         min_ratio=config.width_ratios[0], label_smoothing=config.label_smoothing,
         validation_scores=config.validation_scores)

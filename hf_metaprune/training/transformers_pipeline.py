@@ -1,4 +1,4 @@
-"""The whole method on a 🤗 transformers encoder; shared by examples/prune_vit.py and examples/prune_bert.py.
+"""The whole method on a 🤗 transformers encoder, in one call (examples/prune_vit.py and examples/prune_bert.py):
 
 1. train a small zoo of data models from one config (lightly head/neuron-pruned so widths vary) + one held out;
 2. meta-train a graph metanetwork on the zoo (MetaPrunerTrainer, prune-and-probe on a held-out data model);
@@ -11,17 +11,18 @@ from __future__ import annotations
 import json
 import os
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
 from accelerate import PartialState
-from transformers import HfArgumentParser, set_seed
+from transformers import HfArgumentParser
 
-warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")  # torch_geometric, at import
-
-import hf_metaprune as hm  # noqa: E402
-from hf_metaprune.training import evaluate_accuracy  # noqa: E402
+from ..env import library_versions
+from ..methods.metapruner import meta_train
+from ..pruning import measure_latency
+from .finetune import evaluate_accuracy
+from .pipeline import prune_and_finetune
+from . import zoo as zoo_module
 
 
 @dataclass
@@ -70,29 +71,23 @@ def run(args: PipelineArguments, data, config, auto_class, what: str) -> dict:
     seconds, start = {}, time.time()
 
     t = time.time()
-    zoo = hm.train_zoo(config, data, args.output_dir, num_models=args.num_zoo_models + 1, epochs=args.zoo_epochs,
-                       seed=args.seed, prune_speed_up=args.zoo_prune_speed_up or None,
-                       finetune_epochs=args.zoo_epochs / 2, **common)
-    train_zoo, held_out = zoo.split(1)
+    zoo = zoo_module.train_zoo(config, data, args.output_dir, num_models=args.num_zoo_models + 1,
+                               epochs=args.zoo_epochs, seed=args.seed, prune_speed_up=args.zoo_prune_speed_up or None,
+                               finetune_epochs=args.zoo_epochs / 2, **common)
+    models, held_out = zoo.split(1)
     seconds["zoo"] = time.time() - t
     say(f"zoo: validation accuracy {[round(a, 3) for a in zoo.dataset['val_accuracy']]} ({seconds['zoo']:.0f}s)")
 
     t = time.time()
-    set_seed(args.seed)
-    graph = hm.model_to_graph(train_zoo.model(0), data.example_inputs())
-    metapruner = hm.MetaPrunerModel(hm.MetaPrunerConfig.for_graphs(
-        [graph], hidden_size=args.meta_hidden_size, num_layers=args.meta_num_layers,
-        residual_scale=args.residual_scale, dataset=args.dataset))
-    training_args = hm.MetaPrunerTrainingArguments(
-        output_dir=os.path.join(args.output_dir, "metanetwork_run"), max_steps=args.max_steps,
-        per_device_train_batch_size=1, learning_rate=args.meta_learning_rate, sparsity_lambda=args.sparsity_lambda,
+    metapruner = meta_train(
+        models, data, os.path.join(args.output_dir, "metanetwork_run"), eval_zoo=held_out,
+        hidden_size=args.meta_hidden_size, num_layers=args.meta_num_layers, residual_scale=args.residual_scale,
+        seed=args.seed, dataset=args.dataset, max_steps=args.max_steps, learning_rate=args.meta_learning_rate,
+        sparsity_lambda=args.sparsity_lambda, sparsity_relative=False, prune_aware_weight=0.0,
         task_batch_size=args.task_batch_size, task_batches_per_step=args.task_batches_per_step,
         probe_speed_up=args.speed_up, probe_learning_rate=args.learning_rate, eval_strategy="steps",
-        eval_steps=args.max_steps, save_strategy="no", logging_steps=5, seed=args.seed, report_to="none",
-        disable_tqdm=args.disable_tqdm, use_cpu=cpu, dataloader_drop_last=True)
-    trainer = hm.MetaPrunerTrainer(metapruner, training_args, train_zoo, data, eval_zoo=held_out)
-    trainer.train()
-    metapruner = trainer.accelerator.unwrap_model(trainer.model).eval()
+        eval_steps=args.max_steps, save_strategy="no", logging_steps=5, disable_tqdm=args.disable_tqdm,
+        use_cpu=cpu).model
     seconds["meta_training"] = time.time() - t
     say(f"metanetwork: {args.max_steps} steps, validation scores {metapruner.config.validation_scores} "
         f"({seconds['meta_training']:.0f}s)")
@@ -101,7 +96,7 @@ def run(args: PipelineArguments, data, config, auto_class, what: str) -> dict:
     rows, models = [], {"unpruned": model}
     for method, mp in (("head/neuron group-L2", None), ("metanetwork + group-L2", metapruner)):
         t = time.time()
-        result = hm.prune_and_finetune(model, data, args.speed_up, os.path.join(args.output_dir, f"prune-{len(rows)}"),
+        result = prune_and_finetune(model, data, args.speed_up, os.path.join(args.output_dir, f"prune-{len(rows)}"),
                                        metapruner=mp, transform_epochs=args.transform_epochs,
                                        finetune_epochs=args.finetune_epochs, seed=args.seed, **common)
         seconds[method] = time.time() - t
@@ -114,7 +109,7 @@ def run(args: PipelineArguments, data, config, auto_class, what: str) -> dict:
             f"{result.val_accuracy:.4f} ({seconds[method]:.0f}s)")
     summary = None
     if state.is_main_process:
-        latency = hm.pruning.measure_latency({k: m.cpu() for k, m in models.items()}, data.example_inputs(16),
+        latency = measure_latency({k: m.cpu() for k, m in models.items()}, data.example_inputs(16),
                                              runs=10)
         base = {"method": "unpruned", "val_accuracy": evaluate_accuracy(model, data), "speed_up": 1.0,
                 "params": sum(p.numel() for p in model.parameters())}
@@ -129,7 +124,7 @@ def run(args: PipelineArguments, data, config, auto_class, what: str) -> dict:
         seconds["total"] = time.time() - start
         summary = {"rows": [base] + rows, "seconds": seconds, "reloaded_from": final,
                    "reloaded_val_accuracy": evaluate_accuracy(reloaded, data), "arguments": asdict(args),
-                   "versions": hm.library_versions()}
+                   "versions": library_versions()}
         with open(os.path.join(args.output_dir, "results.json"), "w") as f:
             json.dump(summary, f, indent=2)
         print("\n| method | val acc | test acc | MACs speed-up | params | CPU latency (ms, batch 16) |\n"
