@@ -103,6 +103,23 @@ def test_prune_with_data_finetunes_and_reports_accuracy(tiny_zoo, tmp_path, caps
     assert hm.evaluate_accuracy(reloaded, data, split="test") == pytest.approx(pruned["test_accuracy"])
 
 
+def test_prune_with_a_pruningnet_searches_a_structure(tiny_zoo, tmp_path):
+    """MetaPruning through the same command: evolutionary search under the MACs budget, generated weights."""
+    pruningnet = hm.PruningNetModel(hm.PruningNetConfig(base_architecture="cifar_resnet20",
+                                                        base_model_kwargs={"num_classes": 10}, hidden_size=8))
+    pruningnet.save_pretrained(tmp_path / "pruningnet")
+    out = str(tmp_path / "pruned")
+    summary = cli.run(["prune", tiny_zoo, "--method", "pruningnet", "--pruningnet", str(tmp_path / "pruningnet"),
+                       "--speed_up", "1.5", "--search_iterations", "1", "--search_population", "4",
+                       "--search_eval_samples", "50", "--output", out, *SMALL])
+    original, pruned = summary["rows"]
+    assert pruned["model"] == "pruningnet 1.5x" and 1.5 <= original["macs"] / pruned["macs"] <= 1.5 / 0.97 + 1e-6
+    x = torch.randn(2, 3, 32, 32)
+    assert hm.load_pruned(out)(x).shape == (2, 10)
+    with pytest.raises(ValueError, match="needs --pruningnet"):
+        cli.run(["prune", tiny_zoo, "--method", "pruningnet", "--output", str(tmp_path / "o2"), *SMALL])
+
+
 def test_a_zoo_model_is_refused_data_it_was_trained_on():
     """The committed zoo was trained on 45k images: a 600-image slice's validation rows are its training images."""
     with pytest.raises(ValueError, match="not the data the zoo was trained on"):
