@@ -44,6 +44,7 @@ setup(
     ],
     extras_require={
         "bench": ["matplotlib"],  # benchmarks/cifar.py plots
+        "metrics": ["evaluate"],  # hf-metaprune evaluate --metrics f1 ... (accuracy needs nothing)
         "dev": ["pytest>=8", "matplotlib"],
     },
 )

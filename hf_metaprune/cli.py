@@ -82,6 +82,13 @@ class BenchArguments(PruneArguments):
 
 
 @dataclass
+class MetricArguments:
+    metrics: list[str] = field(default_factory=lambda: ["accuracy"], metadata={
+        "help": "'accuracy' is computed locally (offline); any other name is an `evaluate` metric (f1, precision, "
+                "recall, matthews_correlation, ...; needs `pip install evaluate` and the Hub or its cache)"})
+
+
+@dataclass
 class ZooArguments:
     architecture: str = field(metadata={"help": "timm model name; may be given first, without the flag"})
     output_dir: str = field(metadata={"help": "the zoo is written to <output_dir>/zoo (resumable)"})
@@ -386,12 +393,13 @@ def _batch(x: Any, batch_size: int) -> Any:
     return {k: v[:1].expand(batch_size, *v.shape[1:]).contiguous() for k, v in x.items()}
 
 
-def format_table(rows: list[dict], latency_batch_size: int) -> str:
+def format_table(rows: list[dict], latency_batch_size: int, scores: list[str] | None = None) -> str:
     """Markdown: MACs, params, measured CPU latency and accuracy (when measured) of every model."""
-    accuracy = [k for k in ("pruned_val_accuracy", "recalibrated_val_accuracy", "val_accuracy", "test_accuracy")
-                if any(k in r for r in rows)]
+    accuracy = scores or [k for k in ("pruned_val_accuracy", "recalibrated_val_accuracy", "val_accuracy",
+                                      "test_accuracy") if any(k in r for r in rows)]
     titles = {"pruned_val_accuracy": "val acc right after pruning", "recalibrated_val_accuracy": "+ BN recalibration",
               "val_accuracy": "val acc", "test_accuracy": "test acc"}
+    titles.update({k: k.replace("_", " ", 1) for k in accuracy if k not in titles})
     lines = ["| model | MACs (M) | MACs speed-up | params (k) | CPU latency (ms, batch "
              f"{latency_batch_size}) | latency speed-up | " + " | ".join(titles[k] for k in accuracy) + " |",
              "|---" * (6 + len(accuracy)) + "|"]
@@ -406,23 +414,50 @@ def format_table(rows: list[dict], latency_batch_size: int) -> str:
 def evaluate_command(argv: list[str]) -> dict:
     from .env import library_versions
     from .pruning import count_macs_and_params, measure_latency
-    from .training import evaluate_accuracy
+    from .training import predict
 
-    model_args, data_args = _parse((ModelArguments, DataArguments), argv, "evaluate", "model")
+    model_args, data_args, metric_args = _parse((ModelArguments, DataArguments, MetricArguments), argv, "evaluate",
+                                                "model")
     if data_args.dataset is None:
         raise ValueError("evaluate needs --dataset (the data to measure accuracy on)")
+    metrics = {name: load_metric(name) for name in metric_args.metrics}  # before any work: fail fast
     loaded = load_model(model_args.model, model_args.model_index, model_args.pretrained)
     model, data = loaded.model, load_data(data_args, loaded, model_args.model)
     x = data.example_inputs()
     macs, params = count_macs_and_params(model, x)
-    row = {"model": model_args.model, "macs": macs, "params": params,
-           "val_accuracy": evaluate_accuracy(model, data)}
-    if data.test is not None:
-        row["test_accuracy"] = evaluate_accuracy(model, data, split="test")
+    row = {"model": model_args.model, "macs": macs, "params": params}
+    for split in ("validation", "test") if data.test is not None else ("validation",):
+        preds, labels = predict(model, data, split)
+        prefix = "val" if split == "validation" else "test"
+        for name, compute in metrics.items():
+            row[f"{prefix}_{name}"] = compute(preds, labels, data.num_classes)
     latency = measure_latency({"m": model}, _batch(x, 64), runs=10)["m"]
     row.update(latency_ms=latency * 1e3, latency_speed_up=1.0)
-    print(format_table([row], 64), flush=True)
+    print(format_table([row], 64, [f"{p}_{n}" for p in ("val", "test") for n in metrics if f"{p}_{n}" in row]),
+          flush=True)
     return {"rows": [row], "versions": library_versions()}
+
+
+def load_metric(name: str):
+    """``(predictions, labels, num_classes) -> float``: accuracy locally, anything else through ``evaluate``."""
+    if name == "accuracy":
+        return lambda preds, labels, num_classes: int((preds == labels).sum()) / max(len(labels), 1)
+    try:
+        import evaluate
+    except ImportError as e:
+        raise ValueError(f"--metrics {name}: metrics other than accuracy come from `evaluate` (pip install "
+                         "evaluate); accuracy needs nothing") from e
+    try:
+        metric = evaluate.load(name)
+    except (FileNotFoundError, OSError, ValueError) as e:
+        raise ValueError(f"--metrics {name}: evaluate.load('{name}') failed (offline and not cached, or no such "
+                         f"metric): {str(e).splitlines()[0]}; 'accuracy' is computed locally") from e
+
+    def compute(preds, labels, num_classes: int) -> float:
+        kwargs = {"average": "macro"} if name in ("f1", "precision", "recall") and num_classes > 2 else {}
+        result = metric.compute(predictions=preds.tolist(), references=labels.tolist(), **kwargs)
+        return float(result[name] if name in result else next(iter(result.values())))
+    return compute
 
 
 def zoo_command(argv: list[str]) -> dict:

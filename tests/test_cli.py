@@ -163,6 +163,14 @@ def test_evaluate(tiny_zoo, capsys):
     assert "| test acc |" in capsys.readouterr().out
 
 
+def test_evaluate_other_metrics_come_from_evaluate_and_fail_clearly_offline(tiny_zoo, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_EVALUATE_OFFLINE", "1")
+    with pytest.raises(ValueError, match="--metrics no_such_metric: evaluate.load"):
+        cli.run(["evaluate", tiny_zoo, "--metrics", "accuracy", "no_such_metric", *SMALL])
+    assert "val accuracy" not in capsys.readouterr().out  # refused before any work
+
+
 def test_meta_train(tiny_zoo, tmp_path, capsys):
     out = str(tmp_path / "meta")
     path = cli.run(["meta-train", "--zoo", tiny_zoo, "--output_dir", out, "--max_steps", "2", "--hidden_size", "8",

@@ -196,17 +196,27 @@ def _finished_run(checkpoint: str | None) -> dict[str, Any] | None:
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, data: ClassificationData,
-                      split: str = "validation", batch_size: int = 256) -> float:
-    """Top-1 accuracy of ``model`` (in eval mode) on one split; a plain loop, no Trainer needed."""
+def predict(model: nn.Module, data: ClassificationData, split: str = "validation",
+            batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predicted classes and labels of one split (model in eval mode); a plain loop, no Trainer needed."""
     dataset = getattr(data, split)
     collate = data.collator(augment=False)
     was_training = model.training
     model.eval()
-    device, correct = device_of(model), 0
+    device, preds, labels = device_of(model), [], []
     for i in range(0, len(dataset), batch_size):
         batch = collate([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])
         logits = classifier_logits(model, {k: v.to(device) for k, v in batch.items()})
-        correct += int((logits.argmax(-1).cpu() == batch["labels"]).sum())
+        preds.append(logits.argmax(-1).cpu())
+        labels.append(batch["labels"])
     model.train(was_training)
-    return correct / max(len(dataset), 1)
+    if not preds:
+        return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    return torch.cat(preds), torch.cat(labels)
+
+
+def evaluate_accuracy(model: nn.Module, data: ClassificationData,
+                      split: str = "validation", batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` (in eval mode) on one split."""
+    preds, labels = predict(model, data, split, batch_size)
+    return int((preds == labels).sum()) / max(len(labels), 1)
