@@ -166,7 +166,7 @@ def test_evaluate(tiny_zoo, capsys):
 def test_evaluate_other_metrics_come_from_evaluate_and_fail_clearly_offline(tiny_zoo, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_EVALUATE_OFFLINE", "1")
-    with pytest.raises(ValueError, match="--metrics no_such_metric: evaluate.load"):
+    with pytest.raises(ValueError, match="--metrics no_such_metric: "):  # evaluate missing, or offline
         cli.run(["evaluate", tiny_zoo, "--metrics", "accuracy", "no_such_metric", *SMALL])
     assert "val accuracy" not in capsys.readouterr().out  # refused before any work
 
