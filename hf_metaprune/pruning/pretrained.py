@@ -17,9 +17,8 @@ import sys
 import torch
 from safetensors import SafetensorError
 from torch import nn
-from transformers import (AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForSequenceClassification,
-                          BertForSequenceClassification, BertModel, PreTrainedModel, ViTForImageClassification,
-                          ViTModel)
+from transformers import AutoConfig, PreTrainedModel
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING, CONFIG_MAPPING_NAMES
 
 from .._io import PRUNED_CONFIG_NAME, atomic_update, check_loading_info, remove_stale_weights
 from ..graph.attention import find_attention_modules, sync_head_counts
@@ -29,7 +28,6 @@ from .shapes import freeze, frozen_parameters, shrink_to_shapes
 PRUNED_FIELDS = ("pruned_shapes", "pruned_attention_heads", "frozen_parameters", "auto_map")
 REMOTE_CODE_FILE = "modeling_metaprune.py"
 HUB_KWARGS = ("repo_id", "commit_message", "commit_description", "private", "token", "revision", "create_pr", "tags")
-AUTO_CLASSES = (AutoModel, AutoModelForImageClassification, AutoModelForSequenceClassification)
 _PRUNED_CLASSES: dict[type, type] = {}
 
 
@@ -52,7 +50,7 @@ def pruned_model_class(base_class: type[PreTrainedModel]) -> type[PreTrainedMode
         base_class.__init__(self, config, *args, **kwargs)
         _shrink_to_config(self, config)
 
-    autos = [auto for auto in AUTO_CLASSES if auto._model_mapping.get(base_config, None) is base_class]
+    autos = [auto for auto, members in _auto_mappings(base_config) if base_class in members]
 
     def save_pretrained(self, save_directory, *args, is_main_process: bool = True, push_to_hub: bool = False,
                         **kwargs):
@@ -112,10 +110,47 @@ def pruned_model_class(base_class: type[PreTrainedModel]) -> type[PreTrainedMode
                {"config_class": config_class, "__init__": __init__, "save_pretrained": save_pretrained,
                 "from_pretrained": from_pretrained, "__module__": __name__, "_metaprune_base_class": base_class})
     setattr(module, cls.__name__, cls)
-    for auto in autos:
-        auto.register(config_class, cls, exist_ok=True)
     _PRUNED_CLASSES[base_class] = cls
+    for auto, members in _auto_mappings(base_config):
+        if base_class in members:  # an Auto class mapping to several classes (DeiT) gets them all, pruned
+            pruned = tuple(pruned_model_class(m) for m in members)
+            auto.register(config_class, pruned if len(pruned) > 1 else pruned[0], exist_ok=True)
     return cls
+
+
+def _auto_mappings(base_config: type) -> list[tuple[type, tuple[type, ...]]]:
+    """Every ``AutoModel…`` class of transformers whose mapping holds ``base_config``, with the classes it maps to
+    (a tuple where several heads share the config, as DeiT's classifier with and without teacher)."""
+    from transformers.models.auto import modeling_auto
+
+    found = []
+    for name in dir(modeling_auto):
+        auto = getattr(modeling_auto, name)
+        if not (name.startswith("AutoModel") and isinstance(getattr(auto, "_model_mapping", None), dict)):
+            continue
+        try:
+            value = auto._model_mapping[base_config]
+        except (KeyError, AttributeError, ImportError, ValueError):
+            continue
+        members = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        found.append((auto, tuple(m for m in members if isinstance(m, type))))
+    return found
+
+
+class _PrunedConfigsOnDemand(dict):
+    """Stands in for ``CONFIG_MAPPING``'s registered configs: the first lookup of a ``metaprune_<type>`` creates the
+    pruned classes of every model class the Auto classes map ``<type>`` to, so a folder saved by any pruned 🤗 model
+    reloads with ``AutoConfig`` / ``AutoModelFor….from_pretrained`` in a new process after ``import hf_metaprune``,
+    without ``trust_remote_code``."""
+
+    def __contains__(self, key: object) -> bool:
+        if not dict.__contains__(self, key) and isinstance(key, str) and key.startswith("metaprune_"):
+            base_type = key.removeprefix("metaprune_")
+            if base_type in CONFIG_MAPPING_NAMES:
+                for _, members in _auto_mappings(CONFIG_MAPPING[base_type]):
+                    for member in members:
+                        pruned_model_class(member)
+        return dict.__contains__(self, key)
 
 
 def attach_pruned_config(model: PreTrainedModel) -> PreTrainedModel:
@@ -186,5 +221,4 @@ class {class_name}({base_class.__name__}):
 """
 
 
-for _base in (ViTModel, ViTForImageClassification, BertModel, BertForSequenceClassification):
-    pruned_model_class(_base)  # so that a saved pruned model's config.json resolves in a fresh process
+CONFIG_MAPPING._extra_content = _PrunedConfigsOnDemand(CONFIG_MAPPING._extra_content)
