@@ -1,4 +1,5 @@
-"""Head-aware structured pruning of 🤗 ViT / BERT, pruned models that reload with from_pretrained, bad input."""
+"""Head-aware structured pruning of 🤗 ViT / BERT / DistilBERT, pruned models that reload with from_pretrained, bad
+input."""
 import json
 import os
 import subprocess
@@ -8,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 from transformers import (AutoModelForImageClassification, AutoModelForSequenceClassification, BertConfig,
-                          BertForSequenceClassification, ViTConfig, ViTForImageClassification)
+                          BertForSequenceClassification, DistilBertConfig, DistilBertForSequenceClassification,
+                          ViTConfig, ViTForImageClassification)
 
 import hf_metaprune as hm
 from hf_metaprune.pruning import find_attention_modules
@@ -26,6 +28,14 @@ def tiny_bert(seed: int = 0, **overrides) -> BertForSequenceClassification:
     config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=64, num_labels=3, **overrides)
     return BertForSequenceClassification(config).eval()
+
+
+def tiny_distilbert(seed: int = 0) -> DistilBertForSequenceClassification:
+    """Its own spellings: ``n_heads``, ``q_lin`` / ``k_lin`` / ``v_lin`` / ``out_lin``, ``ffn.lin1`` / ``ffn.lin2``."""
+    torch.manual_seed(seed)
+    config = DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                              max_position_embeddings=64, num_labels=3)
+    return DistilBertForSequenceClassification(config).eval()
 
 
 VIT_INPUT = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
@@ -52,7 +62,7 @@ def masked_reference(original: nn.Module, pruned: nn.Module) -> nn.Module:
     reference.load_state_dict(original.state_dict())
     out_proj = {}  # the Linear consuming each attention module's output: o_proj (ViT) / output.dense (BERT)
     for name, m in reference.named_modules():
-        if name.endswith("attention.o_proj") or name.endswith("attention.output.dense"):
+        if name.endswith(("attention.o_proj", "attention.out_lin", "attention.output.dense")):
             out_proj[name.rsplit(".", 2 if name.endswith("output.dense") else 1)[0]] = m
     pruned_attention = {a.path: a for a in find_attention_modules(pruned)}
     for a in find_attention_modules(reference):
@@ -64,9 +74,9 @@ def masked_reference(original: nn.Module, pruned: nn.Module) -> nn.Module:
         out_proj[owner].weight.data *= mask.reshape(1, -1)
     widths = hm.pruning.module_widths(original)
     for name, m in reference.named_modules():  # MLP: first layer's kept rows, zero the second layer's columns
-        if isinstance(m, nn.Linear) and name in widths and name.endswith(("mlp.fc1", "intermediate.dense")):
+        if isinstance(m, nn.Linear) and name in widths and name.endswith(("mlp.fc1", "intermediate.dense", "ffn.lin1")):
             kept = kept_rows(m.weight, pruned.get_submodule(name).weight, 1)
-            second = reference.get_submodule(name.replace("mlp.fc1", "mlp.fc2").replace(
+            second = reference.get_submodule(name.replace("mlp.fc1", "mlp.fc2").replace("ffn.lin1", "ffn.lin2").replace(
                 "intermediate.dense", "output.dense").replace("attention.output", "output"))
             mask = torch.zeros(m.out_features)
             mask[kept] = 1
@@ -74,7 +84,8 @@ def masked_reference(original: nn.Module, pruned: nn.Module) -> nn.Module:
     return reference
 
 
-@pytest.mark.parametrize("make, x", [(tiny_vit, VIT_INPUT), (tiny_bert, BERT_INPUT)], ids=["vit", "bert"])
+@pytest.mark.parametrize("make, x", [(tiny_vit, VIT_INPUT), (tiny_bert, BERT_INPUT), (tiny_distilbert, BERT_INPUT)],
+                         ids=["vit", "bert", "distilbert"])
 def test_prune_removes_whole_heads_and_matches_reference(make, x):
     model = make()
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -89,7 +100,7 @@ def test_prune_removes_whole_heads_and_matches_reference(make, x):
         q, k, v = a.projections
         assert q.out_features == k.out_features == v.out_features == a.num_heads * a.head_dim
         assert counts[a.path] == a.num_heads >= 1
-        heads_attr = getattr(a.module, "num_attention_heads", None)
+        heads_attr = next(getattr(a.module, n) for n in ("num_attention_heads", "n_heads") if hasattr(a.module, n))
         assert heads_attr == a.num_heads
         if hasattr(a.module, "all_head_size"):
             assert a.module.all_head_size == a.num_heads * a.head_dim

@@ -1,5 +1,6 @@
 """Pruned 🤗 models of any family reload in a new process through the Auto classes after ``import hf_metaprune``,
-without ``trust_remote_code`` — including DeiT, whose image-classification Auto mapping holds two classes."""
+without ``trust_remote_code``, with identical logits — including DeiT, whose image-classification Auto mapping holds
+two classes, DistilBERT (its own attribute names) and MobileViT (depthwise convolutions)."""
 from __future__ import annotations
 
 import os
@@ -8,9 +9,13 @@ import sys
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import (ConvNextConfig, ConvNextForImageClassification, DeiTConfig, DeiTForImageClassification,
-                          DeiTForImageClassificationWithTeacher, ElectraConfig, ElectraForSequenceClassification,
-                          ResNetConfig, ResNetForImageClassification, RobertaConfig, RobertaForSequenceClassification)
+from transformers import (AlbertConfig, AlbertForSequenceClassification, BeitConfig, BeitForImageClassification,
+                          ConvNextConfig, ConvNextForImageClassification, DeiTConfig, DeiTForImageClassification,
+                          DeiTForImageClassificationWithTeacher, Dinov2Config, Dinov2ForImageClassification,
+                          DistilBertConfig, DistilBertForSequenceClassification, ElectraConfig,
+                          ElectraForSequenceClassification, MobileViTConfig, MobileViTForImageClassification,
+                          ResNetConfig, ResNetForImageClassification, RobertaConfig, RobertaForSequenceClassification,
+                          XLMRobertaConfig, XLMRobertaForSequenceClassification)
 
 import hf_metaprune as hm
 
@@ -18,7 +23,21 @@ TEXT = dict(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_h
             max_position_embeddings=64, num_labels=3)
 VISION = dict(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
               intermediate_size=128, num_labels=3)
+TEXT_AUTO, IMAGE_AUTO = "AutoModelForSequenceClassification", "AutoModelForImageClassification"
 CASES = {  # name: (model, Auto class that must load it, input kind)
+    "xlm_roberta": (lambda: XLMRobertaForSequenceClassification(XLMRobertaConfig(**TEXT)), TEXT_AUTO, "text"),
+    # heads named n_heads, projections q_lin / k_lin / v_lin
+    "distilbert": (lambda: DistilBertForSequenceClassification(DistilBertConfig(
+        vocab_size=100, dim=64, n_layers=2, n_heads=4, hidden_dim=128, max_position_embeddings=64, num_labels=3)),
+        TEXT_AUTO, "text"),
+    "albert": (lambda: AlbertForSequenceClassification(AlbertConfig(embedding_size=32, **TEXT)), TEXT_AUTO, "text"),
+    "beit": (lambda: BeitForImageClassification(BeitConfig(**VISION)), IMAGE_AUTO, "image"),
+    "dinov2": (lambda: Dinov2ForImageClassification(Dinov2Config(
+        image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2,
+        num_labels=3)), IMAGE_AUTO, "image"),
+    "mobilevit": (lambda: MobileViTForImageClassification(MobileViTConfig(
+        image_size=32, hidden_sizes=[32, 48, 64], neck_hidden_sizes=[8, 16, 24, 32, 48, 64, 80], num_attention_heads=4,
+        num_labels=3)), IMAGE_AUTO, "image"),
     "roberta": (lambda: RobertaForSequenceClassification(RobertaConfig(**TEXT)), "AutoModelForSequenceClassification",
                 "text"),
     "electra": (lambda: ElectraForSequenceClassification(ElectraConfig(embedding_size=64, **TEXT)),

@@ -15,8 +15,8 @@ from torch import nn
 from .errors import UnsupportedModuleError
 
 HEAD_SIZE_ATTRS = ("head_dim", "attention_head_size")
-HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads")
-QKV_NAMES = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"))
+HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_heads")
+QKV_NAMES = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q_lin", "k_lin", "v_lin"))
 
 
 @dataclass
