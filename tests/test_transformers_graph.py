@@ -1,7 +1,7 @@
 """Graph adapter for 🤗 ViT / BERT: exact round trip, full coverage, the node sets the method relies on."""
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertConfig, BertForSequenceClassification, Dinov2Config, Dinov2Model
 
 import hf_metaprune as hm
 from hf_metaprune.graph import ROLE_INPUT, find_attention_modules
@@ -50,6 +50,33 @@ def test_round_trip_is_bit_exact_with_full_coverage(make, x):
     for k, v in rebuilt.state_dict().items():
         assert torch.equal(v, state[k]), k
     assert torch.equal(logits(rebuilt, x), logits(model, x))
+
+
+def test_an_unused_token_is_in_the_graph_on_the_channels_of_its_sibling():
+    """Dinov2's mask_token is unused in a plain forward, so tracing cannot see it; it lives on the channels of the
+    class token beside it, is rebuilt exactly from the graph, and so are its layer-scale vectors."""
+    def make(seed=0):
+        torch.manual_seed(seed)
+        config = Dinov2Config(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                              num_attention_heads=4, mlp_ratio=2)
+        model = Dinov2Model(config).eval()
+        with torch.no_grad():
+            model.embeddings.mask_token.normal_()
+            for layer in model.encoder.layer:
+                layer.layer_scale1.lambda1.uniform_(0.5, 1.5)
+        return model
+
+    model, x = make(), torch.randn(2, 3, 32, 32)
+    graph = hm.model_to_graph(model, x)
+    assert torch.equal(nodes_of(graph, "embeddings.mask_token"), nodes_of(graph, "embeddings.cls_token"))
+    rebuilt = hm.graph_to_model(graph, make(seed=1))
+    for k, v in rebuilt.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[:, ::3] = True  # the mask token is used when patches are masked
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x, bool_masked_pos=mask).last_hidden_state,
+                           model(x, bool_masked_pos=mask).last_hidden_state)
 
 
 def test_vit_node_sets():

@@ -278,6 +278,9 @@ def model_to_graph(model: nn.Module, example_inputs: Any) -> NetworkGraph:
             name = _join(path, n)
             nodes = spaces.params.get(name)
             p = getattr(module, n)
+            if nodes is None:  # unused by the traced forward (Dinov2's mask_token): a traced sibling's channels
+                nodes = next((spaces.params[_join(path, o)] for o in own if _join(path, o) in spaces.params
+                              and getattr(module, o).shape[-1] == p.shape[-1]), None)
             if nodes is None or (nodes < 0).any() or p.dim() == 0 or p.shape[-1] != nodes.numel():
                 raise UnsupportedModuleError(path, module, f"parameter '{n}' of shape {tuple(p.shape)}")
             if p.dim() == 1:
