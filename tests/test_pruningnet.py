@@ -1,11 +1,14 @@
 """MetaPruning: the PruningNet (generated weights for any gene), its training and the evolutionary search."""
+import os
+import sys
+
 import pytest
 import torch
 from torch import nn
 from transformers import AutoModel, TrainingArguments
 
 import hf_metaprune as hm
-from hf_metaprune.methods.pruningnet import PUBLISHED_WIDTH_RATIOS, evolutionary_search
+from hf_metaprune.methods.pruningnet import PUBLISHED_WIDTH_RATIOS, evolutionary_search, sample_genes
 from hf_metaprune.training import evaluate_accuracy
 
 from conftest import example_input
@@ -198,3 +201,25 @@ def test_metapruning_example_under_accelerate_launch(tmp_path):
     assert searched["speed_up"] >= 2.0 and uniform["speed_up"] >= 2.0 and "versions" in results
     assert hm.load_pruned(out / "searched") is not None
     assert hm.PruningNetModel.from_pretrained(out / "pruningnet").config.validation_scores
+
+
+def test_sample_genes_are_distinct_seeded_and_inside_the_search_window():
+    pruningnet = _pruningnet("cifar_resnet20")
+    genes = sample_genes(pruningnet, 2.0, 6, window=0.05, seed=3)
+    full = pruningnet.macs(pruningnet.full_gene())
+    assert len({tuple(g) for g in genes}) == 6
+    assert all(full / 2.0 * 0.95 <= pruningnet.macs(g) <= full / 2.0 for g in genes)
+    assert sample_genes(pruningnet, 2.0, 6, window=0.05, seed=3) == genes
+    with pytest.raises(ValueError, match="found 0 of 2 genes"):
+        sample_genes(pruningnet, 2.0, 2, window=1e-9, attempts=50)
+
+
+def test_kendall_tau_b_of_the_fidelity_benchmark():
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    from metapruning_fidelity import kendall_tau_b
+
+    assert kendall_tau_b([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
+    assert kendall_tau_b([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+    # one discordant pair of six: (5 - 1) / 6; with a tie in y, C = 2, D = 0: 2 / sqrt((C + D) (C + D + 1))
+    assert kendall_tau_b([1, 2, 3, 4], [1, 2, 4, 3]) == pytest.approx(4 / 6)
+    assert kendall_tau_b([1, 2, 3], [1, 1, 2]) == pytest.approx(2 / (3 * 2) ** 0.5)

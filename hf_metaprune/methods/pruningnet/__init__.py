@@ -5,10 +5,10 @@ from transformers import TrainingArguments
 from ..mapping import register_method
 from .configuration import PUBLISHED_WIDTH_RATIOS, PruningNetConfig
 from .modeling import PruningNetModel, WeightGenerator
-from .search import SearchResult, evolutionary_search
+from .search import SearchResult, evolutionary_search, sample_genes
 from .trainer import PruningNetTrainer
 
 register_method("pruningnet", PruningNetConfig, PruningNetModel, PruningNetTrainer, TrainingArguments)
 
 __all__ = ["PUBLISHED_WIDTH_RATIOS", "PruningNetConfig", "PruningNetModel", "PruningNetTrainer", "SearchResult",
-           "WeightGenerator", "evolutionary_search"]
+           "WeightGenerator", "evolutionary_search", "sample_genes"]

@@ -64,10 +64,7 @@ def evolutionary_search(pruningnet, data: Any, speed_up: float, window: float = 
         return low <= pruningnet.macs(gene) <= high
 
     def random_gene() -> tuple[int, ...]:
-        # an overall width drawn at random, each index scattered around it (uniform indices cluster at one MACs
-        # level and rarely meet a narrow window far from it)
-        level = rng.random() * top_index
-        return tuple(min(top_index, max(0, round(rng.gauss(level, top_index / 5)))) for _ in range(pruningnet.num_genes))
+        return _random_gene(rng, top_index, pruningnet.num_genes)
 
     seen: set[tuple[int, ...]] = set()
 
@@ -125,6 +122,32 @@ def evolutionary_search(pruningnet, data: Any, speed_up: float, window: float = 
     return SearchResult(gene=list(best), widths=pruningnet.widths(best), macs=macs, speed_up=full / macs,
                         val_accuracy=fitness[best], result=result, evaluated=len(fitness), history=history,
                         seconds=time.time() - start)
+
+
+def _random_gene(rng: random.Random, top_index: int, num_genes: int) -> tuple[int, ...]:
+    """An overall width drawn at random, each index scattered around it (uniform indices cluster at one MACs level
+    and rarely meet a narrow window far from it)."""
+    level = rng.random() * top_index
+    return tuple(min(top_index, max(0, round(rng.gauss(level, top_index / 5)))) for _ in range(num_genes))
+
+
+def sample_genes(pruningnet, speed_up: float, count: int, window: float = 0.03, seed: int = 0,
+                 attempts: int = 200_000) -> list[list[int]]:
+    """``count`` distinct random genes whose MACs lie in the search's window for ``speed_up`` (the distribution of
+    the search's initial population): the structures a proxy-fidelity check ranks."""
+    rng = random.Random(seed)
+    full = pruningnet.macs(pruningnet.full_gene())
+    high, low = full / speed_up, full / speed_up * (1 - window)
+    top_index = len(pruningnet.config.width_ratios) - 1
+    found: list[list[int]] = []
+    for _ in range(attempts):
+        gene = list(_random_gene(rng, top_index, pruningnet.num_genes))
+        if gene not in found and low <= pruningnet.macs(gene) <= high:
+            found.append(gene)
+            if len(found) == count:
+                return found
+    raise ValueError(f"sample_genes: found {len(found)} of {count} genes within {window:.0%} below "
+                     f"{speed_up:g}x MACs in {attempts} draws; widen the window or ask for fewer")
 
 
 def _batches(data: Any, recalibration_samples: int, eval_samples: int | None, batch_size: int,
