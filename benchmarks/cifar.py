@@ -49,7 +49,7 @@ warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated") 
 
 import hf_metaprune as hm  # noqa: E402
 from hf_metaprune.pruning import module_widths  # noqa: E402
-from hf_metaprune.training import evaluate_accuracy, pre_prune  # noqa: E402
+from hf_metaprune.training import evaluate_accuracy, evaluate_recalibrated, pre_prune  # noqa: E402
 
 PRESETS: dict[str, dict[str, Any]] = {
     # converged ResNet-20s (>= 84 % test) on the full CIFAR-10 training split; <= 2 h on 2 idle CPU cores once the
@@ -547,8 +547,7 @@ def main(argv: list[str] | None = None) -> dict:
                 for key, model in (("base", base), ("transformed", transformed)):
                     pruned = hm.prune_to_speedup(model, x, speed_up).model
                     accs[key] = {split: evaluate_accuracy(pruned, data, split=split) for split in ("validation", "test")}
-                    accs[key]["recalibrated_test"] = _recalibrated_accuracy(pruned, data, seed)[
-                        "recalibrated_test_accuracy"]
+                    accs[key]["recalibrated_test"] = evaluate_recalibrated(pruned, data, ("test",), seed)["test"]
                 direct["speed_ups"][f"{speed_up:g}"] = accs
             cache.save(f"seed-{seed}/direct-{meta_key}", transformed, direct, args.architecture)
             cache.add_seconds("evaluation", time.time() - t)
@@ -569,7 +568,63 @@ def main(argv: list[str] | None = None) -> dict:
             widths.update({method: _out_widths(models[(method, top)]) for method, _, _ in methods})
         cache.add_seconds("evaluation", time.time() - t)
 
-    # 4. transfer: the metanetwork (meta-trained on this zoo) on other depths, against DepGraph + SL
+    # 4. aggregate, write JSON / table / plots: once before the transfer rows (so the table exists after <= 2 h),
+    # once more with them
+    def report(transfer: list[dict]) -> dict:
+        stage_seconds = json.load(open(os.path.join(args.output_dir, "stage_seconds.json")))
+        stage_seconds["total"] = sum(stage_seconds.values())
+
+        rows = []
+        for speed_up in args.speed_ups:
+            for method, _, _ in methods:
+                rs = [r for r in runs if r["method"] == method and r["target_speed_up"] == speed_up]
+                rows.append({"method": method, "target_speed_up": speed_up,
+                             **{k: summarize([r[k] for r in rs]) for k in
+                                ("speed_up", "params", "pruned_val_accuracy", "pruned_test_accuracy",
+                                 "recalibrated_val_accuracy", "recalibrated_test_accuracy", "val_accuracy",
+                                 "test_accuracy", "latency_s")}})
+        base_summary = {k: summarize([r[k] for r in base_rows]) for k in ("val_accuracy", "test_accuracy", "latency_s")}
+        base_summary["params"] = base_rows[0]["params"]
+        base_summary["macs"] = base_rows[0]["macs"]
+        table = markdown_table(base_summary, rows, args.latency_batch_size)
+        direct_rows = []
+        for speed_up in args.speed_ups:
+            for key, label in (("base", "base model, pruned"), ("transformed", "metanetwork transform, pruned")):
+                cells = [summarize([d["speed_ups"][f"{speed_up:g}"][key][split] for d in directs])
+                         for split in ("test", "recalibrated_test")]
+                direct_rows.append(f"| {label} | {speed_up:g}× | " + " | ".join(
+                    f"{c['mean'] * 100:.2f} ± {c['std'] * 100:.2f}" for c in cells) + " |")
+        direct_table = "\n".join(["| no training at all | target | test acc right after pruning (%) | "
+                                  "+ BN recalibration (%) |", "|---|---|---|---|"] + direct_rows)
+        transfer_table = "\n".join(
+            ["| architecture | method | MACs speed-up | base test acc (%) | right after pruning (%) | "
+             "+ BN recalibration (%) | test acc (%) |", "|---|---|---|---|---|---|---|"] +
+            [f"| {r['architecture']} | {r['method']} | {r['speed_up']:.2f}× | {r['base_test_accuracy'] * 100:.2f} | "
+             f"{r['pruned_test_accuracy'] * 100:.2f} | {r['recalibrated_test_accuracy'] * 100:.2f} | "
+             f"{r['test_accuracy'] * 100:.2f} |" for r in transfer])
+        summary = {"preset": args.preset, "table": table, "candidate_table": ablation, "transfer_table": transfer_table,
+                   "direct_table": direct_table, "direct": directs,
+                   "base": base_summary, "rows": rows, "runs": runs, "base_runs": base_rows, "transfer": transfer,
+                   "metanetwork_candidates": candidates, "selected_candidate": best,
+                   "stage_seconds": stage_seconds, "torch_threads": torch.get_num_threads(),
+                   "device": "cuda" if not cpu else "cpu", "arguments": asdict(args),
+                   "versions": hm.library_versions()}
+        summary["plots"] = plot(summary, widths, max(args.speed_ups), prefix) + [curves]
+        with open(f"{prefix}.json", "w") as f:
+            json.dump(summary, f, indent=2)
+        times = ", ".join(f"{k} {v / 60:.1f} min" for k, v in stage_seconds.items())
+        text = (f"{table}\n\n{direct_table}\n\nWall time: {times}.\n\nMeta-training candidates (prune-and-probe on "
+                f"held-out data models, validation split):\n\n{ablation}\n")
+        if transfer:
+            text += f"\nTransfer (1 seed):\n\n{transfer_table}\n"
+        with open(f"{prefix}.md", "w") as f:
+            f.write(text)
+        print(f"\n{text}\nwritten to {prefix}.json, .md and {', '.join(summary['plots'])}", flush=True)
+        return summary
+
+    summary = report([])
+
+    # 5. transfer: the metanetwork (meta-trained on this zoo) on other depths, against DepGraph + SL
     transfer = []
     for arch, zoo_of_one in transfer_bases().items():
         base = zoo_of_one.model(0)
@@ -587,56 +642,8 @@ def main(argv: list[str] | None = None) -> dict:
                 cache.save(name, model, record, arch)
                 log(f"transfer {arch} {method}: {record['speed_up']:.2f}x, test {record['test_accuracy']:.4f}")
             transfer.append(record)
-    stage_seconds = json.load(open(os.path.join(args.output_dir, "stage_seconds.json")))
-    stage_seconds["total"] = sum(stage_seconds.values())
-
-    # 5. aggregate, write JSON / table / plots
-    rows = []
-    for speed_up in args.speed_ups:
-        for method, _, _ in methods:
-            rs = [r for r in runs if r["method"] == method and r["target_speed_up"] == speed_up]
-            rows.append({"method": method, "target_speed_up": speed_up,
-                         **{k: summarize([r[k] for r in rs]) for k in
-                            ("speed_up", "params", "pruned_val_accuracy", "pruned_test_accuracy",
-                             "recalibrated_val_accuracy", "recalibrated_test_accuracy", "val_accuracy",
-                             "test_accuracy", "latency_s")}})
-    base_summary = {k: summarize([r[k] for r in base_rows]) for k in ("val_accuracy", "test_accuracy", "latency_s")}
-    base_summary["params"] = base_rows[0]["params"]
-    base_summary["macs"] = base_rows[0]["macs"]
-    table = markdown_table(base_summary, rows, args.latency_batch_size)
-    direct_rows = []
-    for speed_up in args.speed_ups:
-        for key, label in (("base", "base model, pruned"), ("transformed", "metanetwork transform, pruned")):
-            cells = [summarize([d["speed_ups"][f"{speed_up:g}"][key][split] for d in directs])
-                     for split in ("test", "recalibrated_test")]
-            direct_rows.append(f"| {label} | {speed_up:g}× | " + " | ".join(
-                f"{c['mean'] * 100:.2f} ± {c['std'] * 100:.2f}" for c in cells) + " |")
-    direct_table = "\n".join(["| no training at all | target | test acc right after pruning (%) | "
-                              "+ BN recalibration (%) |", "|---|---|---|---|"] + direct_rows)
-    transfer_table = "\n".join(
-        ["| architecture | method | MACs speed-up | base test acc (%) | right after pruning (%) | "
-         "+ BN recalibration (%) | test acc (%) |", "|---|---|---|---|---|---|---|"] +
-        [f"| {r['architecture']} | {r['method']} | {r['speed_up']:.2f}× | {r['base_test_accuracy'] * 100:.2f} | "
-         f"{r['pruned_test_accuracy'] * 100:.2f} | {r['recalibrated_test_accuracy'] * 100:.2f} | "
-         f"{r['test_accuracy'] * 100:.2f} |" for r in transfer])
-    summary = {"preset": args.preset, "table": table, "candidate_table": ablation, "transfer_table": transfer_table,
-               "direct_table": direct_table, "direct": directs,
-               "base": base_summary, "rows": rows, "runs": runs, "base_runs": base_rows, "transfer": transfer,
-               "metanetwork_candidates": candidates, "selected_candidate": best,
-               "stage_seconds": stage_seconds, "torch_threads": torch.get_num_threads(),
-               "device": "cuda" if not cpu else "cpu", "arguments": asdict(args),
-               "versions": hm.library_versions()}
-    summary["plots"] = plot(summary, widths, max(args.speed_ups), prefix) + [curves]
-    with open(f"{prefix}.json", "w") as f:
-        json.dump(summary, f, indent=2)
-    times = ", ".join(f"{k} {v / 60:.1f} min" for k, v in stage_seconds.items())
-    text = (f"{table}\n\n{direct_table}\n\nWall time: {times}.\n\nMeta-training candidates (prune-and-probe on held-out data models, "
-            f"validation split):\n\n{ablation}\n")
     if transfer:
-        text += f"\nTransfer (1 seed):\n\n{transfer_table}\n"
-    with open(f"{prefix}.md", "w") as f:
-        f.write(text)
-    print(f"\n{text}\nwritten to {prefix}.json, .md and {', '.join(summary['plots'])}", flush=True)
+        summary = report(transfer)
     return summary
 
 
@@ -650,7 +657,8 @@ def _prune_and_finetune(args, cache: Cache, name: str, model, data, speed_up: fl
     record = {"speed_up": pruned.speed_up, "macs": pruned.macs_after, "params": pruned.params_after,
               "pruned_val_accuracy": evaluate_accuracy(pruned.model, data),
               "pruned_test_accuracy": evaluate_accuracy(pruned.model, data, split="test")}
-    record.update(_recalibrated_accuracy(pruned.model, data, seed))
+    record.update({f"recalibrated_{'val' if split == 'validation' else split}_accuracy": acc for split, acc in
+                   evaluate_recalibrated(pruned.model, data, ("validation", "test"), seed).items()})
     t = time.time()
     tuned = hm.training.finetune(pruned.model, data, os.path.join(args.output_dir, "runs", name),
                                  epochs=args.post_epochs, seed=seed, **finetune_kwargs)
@@ -659,15 +667,6 @@ def _prune_and_finetune(args, cache: Cache, name: str, model, data, speed_up: fl
                   stage_seconds={"prune": prune_seconds, "finetune": time.time() - t})
     cache.add_seconds("prune_and_finetune", time.time() - t + prune_seconds)
     return record, tuned.model
-
-
-def _recalibrated_accuracy(model: torch.nn.Module, data, seed: int) -> dict[str, float]:
-    """Accuracy after re-estimating BatchNorm statistics on 2000 training images: still no gradient step, but the
-    statistics stored for the unpruned network no longer hide what the kept channels can do."""
-    model = copy.deepcopy(model)
-    hm.pruning.recalibrate_batchnorm(model, hm.pruning.recalibration_batches(data, seed=seed))
-    return {"recalibrated_val_accuracy": evaluate_accuracy(model, data),
-            "recalibrated_test_accuracy": evaluate_accuracy(model, data, split="test")}
 
 
 def _pre_prune_stage(args, cache: Cache, seed: int, stage: str, base, data, metapruner, finetune_kwargs, name: str,

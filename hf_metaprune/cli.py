@@ -13,7 +13,6 @@ subcommand has ``--help``. Each subcommand wraps one library call, so what the C
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import sys
@@ -270,7 +269,7 @@ def _run_methods(model_args: ModelArguments, data_args: DataArguments, args: Pru
                  speed_ups: list[float], save: bool) -> dict:
     from .env import library_versions
     from .pruning import count_macs_and_params, measure_latency, prune_to_speedup, save_pruned
-    from .training import evaluate_accuracy, pre_prune
+    from .training import evaluate_accuracy, evaluate_recalibrated, pre_prune
     from .training.finetune import finetune
 
     unknown = [m for m in methods if m not in PRUNE_METHODS]
@@ -308,7 +307,7 @@ def _run_methods(model_args: ModelArguments, data_args: DataArguments, args: Pru
         row = measure(name, pruned)
         row["pruned_val_accuracy"] = row.get("val_accuracy")
         if data is not None and _has_batchnorm(pruned):
-            row["recalibrated_val_accuracy"] = _recalibrated_accuracy(pruned, data, args.seed)
+            row["recalibrated_val_accuracy"] = evaluate_recalibrated(pruned, data, seed=args.seed)["validation"]
         if args.finetune_epochs > 0:
             pruned = finetune(pruned, data, os.path.join(run_dir, f"finetune-{method}-{speed_up:g}x"),
                               epochs=args.finetune_epochs, **train).model
@@ -369,17 +368,6 @@ def _run_methods(model_args: ModelArguments, data_args: DataArguments, args: Pru
 
 def _has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-def _recalibrated_accuracy(model: nn.Module, data: Any, seed: int) -> float:
-    """Validation accuracy of a copy whose BatchNorm statistics are re-estimated on 2000 training images: no
-    gradient step, but the statistics stored for the unpruned network no longer hide what the kept channels do."""
-    from .pruning import recalibrate_batchnorm, recalibration_batches
-    from .training import evaluate_accuracy
-
-    model = copy.deepcopy(model)
-    recalibrate_batchnorm(model, recalibration_batches(data, seed=seed))
-    return evaluate_accuracy(model, data)
 
 
 def _trainer_device(args: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from hf_metaprune import count_macs_and_params, load_pruned, prune_to_speedup, save_pruned
+from hf_metaprune.pruning import module_widths
 
 from conftest import CNNS, example_input, make_model
 
@@ -91,3 +92,41 @@ def test_measure_latency_times_every_model_and_leaves_them_as_they_were():
     latency = measure_latency({"original": model, "pruned": pruned}, x, runs=3, warmup=1, channels_last=True)
     assert set(latency) == {"original", "pruned"} and all(t > 0 for t in latency.values())
     assert model.conv1.weight.is_contiguous() and pruned.conv1.weight.is_contiguous()  # copies were converted
+
+
+def test_round_to_keeps_every_pruned_width_a_multiple():
+    model = make_model("cifar_resnet20")
+    x = example_input(32)
+    with torch.no_grad():  # 12 of layer1.0's 16 inner channels negligible: without rounding 4 would be left
+        model.layer1[0].conv1.weight[4:] *= 1e-4
+        model.layer1[0].bn1.weight[4:] *= 1e-4
+    result = prune_to_speedup(model, x, 2.0, round_to=8)
+    assert result.speed_up >= 2.0
+    widths = {name: w["out"] for name, w in module_widths(result.model).items() if name != "fc"}
+    assert all(w % 8 == 0 for w in widths.values()), widths
+    assert widths["layer1.0.conv1"] == 8  # the strongest 8 kept, not 4
+    kept = result.model.layer1[0].conv1.weight
+    assert torch.equal(kept[:4], model.layer1[0].conv1.weight[:4])  # the 4 strong channels are among them
+    assert prune_to_speedup(model, x, 2.0).model.layer1[0].conv1.out_channels <= 4
+
+
+class TwelveChannels(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2, self.head = nn.Conv2d(3, 12, 3), nn.Conv2d(12, 20, 3), nn.Linear(20, 2)
+
+    def forward(self, x):
+        return self.head(self.conv2(self.conv1(x).relu()).relu().mean((2, 3)))
+
+
+def test_round_to_trims_an_odd_width_to_a_multiple_first():
+    model = TwelveChannels().eval()
+    result = prune_to_speedup(model, torch.randn(1, 3, 16, 16), 1.4, round_to=8)
+    assert (result.model.conv1.out_channels, result.model.conv2.out_channels) in {(8, 16), (8, 20), (12, 16)}
+    assert result.speed_up >= 1.4
+
+
+@pytest.mark.parametrize("value", [0, -8, 2.5, True, "8"])
+def test_round_to_must_be_a_positive_integer(value):
+    with pytest.raises(ValueError, match="round_to must be a positive integer"):
+        prune_to_speedup(TwelveChannels().eval(), torch.randn(1, 3, 16, 16), 1.4, round_to=value)

@@ -1,14 +1,18 @@
-"""Self-attention modules of transformer encoders (HF ViT, BERT and models built the same way), found by structure.
+"""Self-attention modules of transformer encoders (HF ViT, BERT, timm ViT and models built the same way), found by
+structure.
 
 Torch-Pruning's dependency graph couples a layer's query/key/value output channels with the output projection's
 input channels as one channel space; what it does not know is that those channels come in heads of ``head_dim``,
 and that query/key channels meet each other (in q·kᵀ) while value channels meet the output projection. The graph
 splits that space in two (query/key, value/output) and the pruner removes *whole heads*; both find the attention
-modules here by their structure (separate q/k/v projections and a head-size attribute — no class names).
+modules here by their structure (separate q/k/v projections, or one fused ``[3·H·d, C]`` projection as in timm's
+ViTs, and a head-size attribute — no class names). A fused projection holds three head spaces side by side
+(queries, keys, values: ``reshape(3, H, d)``), so head ``h`` is the same ``d`` rows in each third.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from torch import nn
 
@@ -16,26 +20,49 @@ from .errors import UnsupportedModuleError
 
 HEAD_SIZE_ATTRS = ("head_dim", "attention_head_size")
 HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_heads")
+HEAD_TOTAL_ATTRS = ("all_head_size", "attn_dim")  # heads x head size, kept by some modules for reshapes
 QKV_NAMES = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q_lin", "k_lin", "v_lin"))
+
+
+class HeadLayout(NamedTuple):
+    """How a projection's output channels form heads: ``parts`` blocks (3 for a fused q/k/v projection, else 1) of
+    heads of ``head_dim`` channels; pruning head ``h`` removes its ``head_dim`` channels from every block."""
+
+    head_dim: int
+    parts: int = 1
 
 
 @dataclass
 class AttentionModule:
     path: str
     module: nn.Module
-    projections: tuple[nn.Linear, nn.Linear, nn.Linear]  # query, key, value
+    projections: tuple[nn.Linear, ...]  # (query, key, value), or (fused qkv,)
     head_dim: int
 
     @property
+    def fused(self) -> bool:
+        return len(self.projections) == 1
+
+    @property
     def num_heads(self) -> int:
-        return self.projections[0].out_features // self.head_dim
+        return self.projections[0].out_features // self.head_dim // (3 if self.fused else 1)
+
+    @property
+    def layout(self) -> HeadLayout:
+        return HeadLayout(self.head_dim, 3 if self.fused else 1)
+
+
+def head_layouts(attention: list[AttentionModule]) -> dict[nn.Module, HeadLayout]:
+    """The head layout of every query/key/value projection (what the pruner needs to remove whole heads)."""
+    return {p: a.layout for a in attention for p in a.projections}
 
 
 def find_attention_modules(model: nn.Module) -> list[AttentionModule]:
     """Every self-attention module of ``model``; raises for what head pruning cannot handle.
 
     Decoders and cross-attention raise :class:`UnsupportedModuleError` (keys/values from another sequence or a
-    cache would need their own coupling), as does an attention module without separate q/k/v projections.
+    cache would need their own coupling), as does an attention module with neither separate q/k/v projections nor
+    one fused ``[3·H·d, C]`` projection.
     """
     config = getattr(model, "config", None)
     if config is not None and (getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False)
@@ -50,10 +77,16 @@ def find_attention_modules(model: nn.Module) -> list[AttentionModule]:
         if head_dim is None or not any(hasattr(m, a) for a in HEAD_COUNT_ATTRS):
             continue
         names = next((n for n in QKV_NAMES if all(isinstance(getattr(m, p, None), nn.Linear) for p in n)), None)
-        if names is None:
-            raise UnsupportedModuleError(path, m, "attention without separate query/key/value projections "
-                                                  f"(one of {QKV_NAMES}) cannot be head-pruned")
-        projections = tuple(getattr(m, p) for p in names)
+        if names is not None:
+            projections = tuple(getattr(m, p) for p in names)
+        else:
+            heads = next(getattr(m, a) for a in HEAD_COUNT_ATTRS if hasattr(m, a))
+            fused = [c for c in m.children() if isinstance(c, nn.Linear) and c.out_features == 3 * heads * head_dim]
+            if len(fused) != 1:
+                raise UnsupportedModuleError(path, m, "attention without separate query/key/value projections "
+                                                      f"(one of {QKV_NAMES}) or one fused [3·heads·head_dim, dim] "
+                                                      "projection cannot be head-pruned")
+            projections = (fused[0],)
         if any(p.out_features % head_dim for p in projections) or len({p.out_features for p in projections}) != 1:
             raise UnsupportedModuleError(path, m, f"q/k/v widths are not equal multiples of head size {head_dim}")
         found.append(AttentionModule(path, m, projections, head_dim))
@@ -61,14 +94,16 @@ def find_attention_modules(model: nn.Module) -> list[AttentionModule]:
 
 
 def sync_head_counts(attention: list[AttentionModule]) -> dict[str, int]:
-    """After pruning: set each module's head count (and ``all_head_size``) from its projections' widths."""
+    """After pruning: set each module's head count (and ``all_head_size`` / ``attn_dim``) from its projections'
+    widths."""
     counts = {}
     for a in attention:
         n = a.num_heads
         for attr in HEAD_COUNT_ATTRS:
             if hasattr(a.module, attr):
                 setattr(a.module, attr, n)
-        if hasattr(a.module, "all_head_size"):
-            a.module.all_head_size = n * a.head_dim
+        for attr in HEAD_TOTAL_ATTRS:
+            if hasattr(a.module, attr):
+                setattr(a.module, attr, n * a.head_dim)
         counts[a.path] = n
     return counts

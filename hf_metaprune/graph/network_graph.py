@@ -294,21 +294,37 @@ def model_to_graph(model: nn.Module, example_inputs: Any) -> NetworkGraph:
 
 def _split_attention_spaces(spaces: ChannelSpaces, model: nn.Module) -> None:
     """Give each attention layer two channel spaces: query/key channels (they meet in q·kᵀ) and value/output
-    channels (the output projection reads the values). Torch-Pruning couples all four as one space."""
+    channels (the output projection reads the values). Torch-Pruning couples all four as one space; for a fused
+    q/k/v projection it keeps the three thirds as separate channels, whose query and key thirds are merged here
+    (one query/key node per channel, as with separate projections)."""
     names = {m: n for n, m in model.named_modules()}
     for a in find_attention_modules(model):
-        q, k, v = (names[p] for p in a.projections)
-        qk_nodes = spaces.dims.get((q, "out"))
-        if qk_nodes is None or not torch.equal(qk_nodes, spaces.dims.get((v, "out"), torch.empty(0))):
-            raise UnsupportedModuleError(a.path, a.module, "query and value channels were not traced as one space")
+        if a.fused:
+            nodes = spaces.dims.get((names[a.projections[0]], "out"))
+            if nodes is None or (nodes < 0).any() or len(set(nodes.tolist())) != nodes.numel():
+                raise UnsupportedModuleError(a.path, a.module, "its fused query/key/value channels were not traced "
+                                                               "as one space")
+            qk_nodes, k_nodes, v_nodes = nodes.chunk(3)
+        else:
+            q, k, v = (names[p] for p in a.projections)
+            qk_nodes = spaces.dims.get((q, "out"))
+            if qk_nodes is None or not torch.equal(qk_nodes, spaces.dims.get((v, "out"), torch.empty(0))):
+                raise UnsupportedModuleError(a.path, a.module, "query and value channels were not traced as one space")
+            k_nodes = v_nodes = qk_nodes
         vo_nodes = spaces.add_set(f"{a.path}:value", qk_nodes.numel())
         remap = torch.arange(spaces.num_nodes)
-        remap[qk_nodes] = vo_nodes
-        in_qk_space = torch.zeros(spaces.num_nodes, dtype=torch.bool)
-        in_qk_space[qk_nodes] = True
-        for key, nodes in spaces.dims.items():
-            if key[0] not in (q, k) and bool(in_qk_space[nodes.clamp(min=0)].any()):
-                spaces.dims[key] = remap[nodes]
+        remap[v_nodes] = vo_nodes
+        if a.fused:
+            remap[k_nodes] = qk_nodes
+            spaces.merge_nodes(remap)
+            qk_nodes = spaces.dims[(names[a.projections[0]], "out")][:qk_nodes.numel()]
+            vo_nodes = spaces.dims[(names[a.projections[0]], "out")][-qk_nodes.numel():]
+        else:  # every consumer of the shared space but q and k reads the values
+            in_qk_space = torch.zeros(spaces.num_nodes, dtype=torch.bool)
+            in_qk_space[qk_nodes] = True
+            for key, nodes in spaces.dims.items():
+                if key[0] not in (q, k) and bool(in_qk_space[nodes.clamp(min=0)].any()):
+                    spaces.dims[key] = remap[nodes]
         qk_set = int(spaces.set_of_node[qk_nodes[0]])
         spaces.set_names[qk_set] = f"{a.path}:query_key"
         spaces.consumed_sets.update({qk_set, int(spaces.set_of_node[vo_nodes[0]])})

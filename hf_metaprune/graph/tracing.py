@@ -45,6 +45,23 @@ class ChannelSpaces:
         self.set_names.append(name)
         return torch.arange(start, start + size)
 
+    def merge_nodes(self, remap: torch.Tensor) -> None:
+        """Relabel every mapped dimension by ``remap`` (old node id -> new node id, ``arange`` where unchanged) and
+        drop the nodes nothing maps to any more."""
+        relabel = lambda nodes: torch.where(nodes >= 0, remap[nodes.clamp(min=0)], nodes)  # noqa: E731 (-1: untraced)
+        for store in (self.dims, self.params):
+            for key, nodes in store.items():
+                store[key] = relabel(nodes)
+        used = torch.zeros(self.num_nodes, dtype=torch.bool)
+        for store in (self.dims, self.params):
+            for nodes in store.values():
+                used[nodes[nodes >= 0]] = True
+        new_id = torch.cumsum(used, 0) - 1
+        for store in (self.dims, self.params):
+            for key, nodes in store.items():
+                store[key] = torch.where(nodes >= 0, new_id[nodes.clamp(min=0)], nodes)
+        self.set_of_node, self.num_nodes = self.set_of_node[used], int(used.sum())
+
 
 class _InstanceNormPruner(tp.pruner.function.InstanceNormPruner):
     """Torch-Pruning's InstanceNorm pruner, plus the running statistics it leaves at full width."""

@@ -17,7 +17,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..graph.attention import find_attention_modules
+from ..graph.attention import HeadLayout, find_attention_modules, head_layouts
 from ..graph.tracing import ROOT_MODULE_TYPES, build_dependency_graph
 from .cost import count_macs
 
@@ -98,14 +98,14 @@ class ChannelGroups:
 
     @classmethod
     def from_coupled_groups(cls, model: nn.Module, example_inputs: Any, dg: tp.DependencyGraph, tp_groups: list,
-                            head_dims: dict[nn.Module, int]) -> "ChannelGroups":
+                            layouts: dict[nn.Module, HeadLayout]) -> "ChannelGroups":
         """:meth:`from_model` on groups already traced by :func:`coupled_groups` (no second trace)."""
         names = {m: n for n, m in model.named_modules()}
         slices, group_of_unit, offset = [], [], 0
         _, layer_macs = count_macs(model, example_inputs)
         for gi, group in enumerate(tp_groups):
-            head = head_size(dg, group, head_dims)
-            size = len(group[0].idxs) // num_channel_groups(group)
+            head = head_size(dg, group, layouts)
+            size = len(group[0].idxs) // num_channel_groups(dg, group, layouts)
             for item in group:
                 target, is_out = item.dep.target.module, dg.is_out_channel_pruning_fn(item.dep.handler)
                 idx = torch.as_tensor(item.idxs, dtype=torch.long)
@@ -354,9 +354,10 @@ def prunable_groups(dg: tp.DependencyGraph, ignored: set[nn.Module], prune_hidde
     return groups, excluded
 
 
-def num_channel_groups(group) -> int:
+def num_channel_groups(dg: tp.DependencyGraph, group, layouts: dict[nn.Module, HeadLayout] | None = None) -> int:
     """Grouped (non-depthwise) convs and GroupNorm force pruning the same local channel in every group, so
-    each group keeps the same width (a GroupNorm's groups then still hold the channels they held before)."""
+    each group keeps the same width (a GroupNorm's groups then still hold the channels they held before); a fused
+    query/key/value projection holds its heads three times (queries, keys, values) and loses a head from each."""
     n = 1
     for item in group:
         m = item.dep.target.module
@@ -364,28 +365,31 @@ def num_channel_groups(group) -> int:
             n = math.lcm(n, m.groups)
         elif isinstance(m, nn.GroupNorm) and m.num_groups > 1:
             n = math.lcm(n, m.num_groups)
+        elif layouts and m in layouts and dg.is_out_channel_pruning_fn(item.dep.handler):
+            n = math.lcm(n, layouts[m].parts)
     return n
 
 
-def head_size(dg: tp.DependencyGraph, group, head_dims: dict[nn.Module, int]) -> int:
+def head_size(dg: tp.DependencyGraph, group, layouts: dict[nn.Module, HeadLayout]) -> int:
     """``head_dim`` for a group of query/key/value output channels (pruned in whole heads), else 1."""
-    return next((head_dims[it.dep.target.module] for it in group if it.dep.target.module in head_dims
+    return next((layouts[it.dep.target.module].head_dim for it in group if it.dep.target.module in layouts
                  and dg.is_out_channel_pruning_fn(it.dep.handler)), 1)
 
 
-def coupled_groups(model: nn.Module, example_inputs: Any) -> tuple[tp.DependencyGraph, list, dict[nn.Module, int]]:
+def coupled_groups(model: nn.Module, example_inputs: Any
+                   ) -> tuple[tp.DependencyGraph, list, dict[nn.Module, HeadLayout]]:
     """Torch-Pruning's dependency graph of ``model``, its prunable coupled groups (the order every method and
-    :class:`ChannelGroups` index them by) and the head size of each attention projection."""
+    :class:`ChannelGroups` index them by) and the head layout of each attention projection."""
     dg = build_dependency_graph(model, example_inputs)
     attention = find_attention_modules(model)
-    head_dims = {p: a.head_dim for a in attention for p in a.projections}
-    return dg, prunable_groups(dg, ignored=set(), prune_hidden=not attention)[0], head_dims
+    return dg, prunable_groups(dg, ignored=set(), prune_hidden=not attention)[0], head_layouts(attention)
 
 
-def unit_channel_indices(group, units, head: int) -> list[int]:
-    """The channel indices (in the group's root layer) of the pruning ``units`` of ``group`` (a unit is ``head``
-    channels; grouped convs repeat each unit in every channel group)."""
-    n_ch = num_channel_groups(group)
+def unit_channel_indices(dg: tp.DependencyGraph, group, units, layouts: dict[nn.Module, HeadLayout]) -> list[int]:
+    """The channel indices (in the group's root layer) of the pruning ``units`` of ``group`` (a unit is a channel
+    or a head; grouped convs and fused q/k/v projections repeat each unit in every channel group)."""
+    head = head_size(dg, group, layouts)
+    n_ch = num_channel_groups(dg, group, layouts)
     size = len(group[0].idxs) // n_ch
     return sorted(c + g * size for u in units for c in range(u * head, (u + 1) * head) for g in range(n_ch))
 

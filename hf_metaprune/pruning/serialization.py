@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .._io import PRUNED_CONFIG_NAME, atomic_files
+from ..graph.attention import find_attention_modules, sync_head_counts
 from .shapes import freeze, frozen_parameters, shrink_to_shapes
 from .speedup import module_widths
 
@@ -178,7 +179,9 @@ def rebuild_pruned(architecture: str, model_kwargs: dict[str, Any], widths: dict
                 raise ValueError(f"{source}: '{key}' has shape {tuple(value.shape)}, which is not a pruned "
                                  f"{tuple(own[key].shape)} of the {architecture} it declares")
             shapes[key] = tuple(value.shape)
+    attention = find_attention_modules(model)  # found at full width; head sizes never change
     shrink_to_shapes(model, shapes, {})
+    sync_head_counts(attention)  # head counts from the shrunk projections (timm ViT: num_heads, attn_dim)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads")
+HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_heads")
 HEAD_SIZE_ATTRS = ("head_dim", "attention_head_size")
+HEAD_TOTAL_ATTRS = ("all_head_size", "attn_dim")
 
 
 def shrink_to_shapes(model: nn.Module, shapes: dict, head_counts: dict) -> None:
@@ -45,8 +46,9 @@ def shrink_to_shapes(model: nn.Module, shapes: dict, head_counts: dict) -> None:
             if hasattr(m, attr):
                 setattr(m, attr, heads)
         head_dim = next(getattr(m, a) for a in HEAD_SIZE_ATTRS if isinstance(getattr(m, a, None), int))
-        if hasattr(m, "all_head_size"):
-            m.all_head_size = heads * head_dim
+        for attr in HEAD_TOTAL_ATTRS:
+            if hasattr(m, attr):
+                setattr(m, attr, heads * head_dim)
 
 
 def frozen_parameters(model: nn.Module) -> list[str]:

@@ -18,7 +18,7 @@ import torch_pruning as tp
 from torch import nn
 from transformers import PreTrainedModel
 
-from ..graph.attention import find_attention_modules, sync_head_counts
+from ..graph.attention import find_attention_modules, head_layouts, sync_head_counts
 from ..graph.errors import UnsupportedModuleError
 from ..graph.tracing import (build_dependency_graph, call_model, channel_dim_size,
                              check_supported_modules)
@@ -105,9 +105,9 @@ def _expand_ignored(model: nn.Module, ignored_layers) -> set[str]:
 class _Candidate:
     score: float
     group_index: int
-    local_index: int
+    local_indices: tuple[int, ...]  # units removed together: one, or a chunk keeping the width a multiple of round_to
     cost: float
-    unit: int = 1  # channels removed together: 1, or head_dim for an attention head
+    unit: int = 1  # channels per unit: 1, or head_dim for an attention head
 
 
 def prune_to_speedup(
@@ -121,6 +121,7 @@ def prune_to_speedup(
     max_steps: int = 200,
     inplace: bool = False,
     prune_hidden: bool | None = None,
+    round_to: int | None = None,
 ) -> PruneResult:
     """Structurally prune ``model`` until MACs(before) / MACs(after) reaches ``speed_up``.
 
@@ -135,6 +136,10 @@ def prune_to_speedup(
         inplace: prune ``model`` itself instead of a copy (it is only changed once pruning has succeeded).
         prune_hidden: transformers only — also prune the residual-stream (hidden) width. Default: False for
             models with attention heads (heads and MLP neurons are pruned), True otherwise.
+        round_to: keep every pruned group's channel count a multiple of this (e.g. 8): fewer MACs only turn into
+            less latency when widths fit the kernels' tiles. Groups narrower than ``round_to`` are left whole,
+            heads stay whole heads; units then go in chunks, so the speed-up can land above the tolerance
+            (``PruneResult.note`` says so).
 
     Attention heads (found by :func:`find_attention_modules`) are pruned whole, ranked against MLP neurons and
     channels by the same normalised group criterion; a pruned 🤗 ``PreTrainedModel`` gets a config that rebuilds it
@@ -147,12 +152,14 @@ def prune_to_speedup(
         raise ValueError("max_pruning_ratio must be below 1: a layer always keeps at least one channel")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
+        raise ValueError(f"round_to must be a positive integer (e.g. 8) or None, got {round_to!r}")
     importance = _resolve_importance(importance)
     ignored_names = _expand_ignored(model, ignored_layers)
     check_supported_modules(model)  # before the copy: old-style weight norm cannot even be deep-copied
     pruned, macs0, macs, params0, steps, note = _prune_copy(
         model, example_inputs, ignored_names, speed_up=speed_up, importance=importance, tolerance=tolerance,
-        max_pruning_ratio=max_pruning_ratio, max_steps=max_steps, prune_hidden=prune_hidden)
+        max_pruning_ratio=max_pruning_ratio, max_steps=max_steps, prune_hidden=prune_hidden, round_to=round_to or 1)
     if inplace:  # swap the pruned modules in only now: a failure above leaves the caller's model untouched
         model.__dict__.update(pruned.__dict__)
         model.__class__ = pruned.__class__
@@ -162,13 +169,13 @@ def prune_to_speedup(
 
 
 def _prune_copy(model: nn.Module, example_inputs: Any, ignored_names: set[str], speed_up: float, importance,
-                tolerance: float, max_pruning_ratio: float, max_steps: int,
-                prune_hidden: bool | None) -> tuple[nn.Module, float, float, int, int, str]:
+                tolerance: float, max_pruning_ratio: float, max_steps: int, prune_hidden: bool | None,
+                round_to: int = 1) -> tuple[nn.Module, float, float, int, int, str]:
     """The pruning loop, on a copy of ``model``: a failure leaves the input untouched."""
     model = copy.deepcopy(model)  # pruned on a copy: a failure leaves the input untouched
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     attention = find_attention_modules(model)  # raises for attention that cannot be head-pruned
-    head_dims = {p: a.head_dim for a in attention for p in a.projections}
+    layouts = head_layouts(attention)
     prune_hidden = not attention if prune_hidden is None else prune_hidden
     dg = build_dependency_graph(model, example_inputs)  # checks the example inputs first
     macs, layer_macs = count_macs(model, example_inputs)  # one counting forward serves the start and step 1
@@ -187,16 +194,18 @@ def _prune_copy(model: nn.Module, example_inputs: Any, ignored_names: set[str], 
         candidates = []
         for gi, group in enumerate(groups):
             candidates += _group_candidates(dg, group, gi, importance, layer_macs, initial, max_pruning_ratio,
-                                            head_dims, head_costs)
+                                            layouts, head_costs, round_to)
         if not candidates:
             raise ValueError(_unreachable_message(speed_up, macs0 / macs, max_pruning_ratio, excluded, attention))
         chosen = _choose(candidates, need=macs - target, room=macs - floor)
         if not chosen:  # every unit left overshoots the tolerance: take the one landing closest above the target
             chosen = [min(candidates, key=lambda c: (c.cost, c.score))]
+            n = len(chosen[0].local_indices)
+            what = "head" if chosen[0].unit > 1 else "channel" if n == 1 else f"chunk of {n} channels"
             note = (f"no unit left would land within tolerance={tolerance}; removed the one landing closest above "
-                    f"the {speed_up}x target (a {'head' if chosen[0].unit > 1 else 'channel'})")
+                    f"the {speed_up}x target (a {what})")
         for gi, units in _by_group(chosen).items():
-            _prune_units(dg, groups[gi], [u for u, _ in units], units[0][1])
+            _prune_units(dg, groups[gi], units, layouts)
         macs, layer_macs = _count_pruned_macs(model, attention, example_inputs)
         steps += 1
     if note:
@@ -206,8 +215,8 @@ def _prune_copy(model: nn.Module, example_inputs: Any, ignored_names: set[str], 
     return model, macs0, macs, params0, steps, note
 
 
-def _prune_units(dg: tp.DependencyGraph, group, units: list[int], head: int) -> None:
-    idxs = unit_channel_indices(group, units, head)
+def _prune_units(dg: tp.DependencyGraph, group, units: list[int], layouts: dict) -> None:
+    idxs = unit_channel_indices(dg, group, units, layouts)
     try:
         dg.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs).prune()
     except (IndexError, RuntimeError) as e:
@@ -241,15 +250,15 @@ def prune_to_widths(model: nn.Module, example_inputs: Any, widths, keep: str = "
     pruned = copy.deepcopy(model)
     frozen = {n for n, p in pruned.named_parameters() if not p.requires_grad}
     attention = find_attention_modules(pruned)
-    dg, tp_groups, head_dims = coupled_groups(pruned, example_inputs)
-    groups = ChannelGroups.from_coupled_groups(pruned, example_inputs, dg, tp_groups, head_dims)
+    dg, tp_groups, layouts = coupled_groups(pruned, example_inputs)
+    groups = ChannelGroups.from_coupled_groups(pruned, example_inputs, dg, tp_groups, layouts)
     removed = groups.removed_for_widths(widths, dict(pruned.named_parameters()) if keep == "group_l2" else None)
     macs0, params0 = count_macs_and_params(pruned, example_inputs)
     start = 0
     for group, size in zip(tp_groups, groups.group_sizes):
         units = torch.nonzero(removed[start:start + size]).flatten().tolist()
         if units:
-            _prune_units(dg, group, units, head_size(dg, group, head_dims))
+            _prune_units(dg, group, units, layouts)
         start += size
     _finish(pruned, frozen, attention)
     macs, params = count_macs_and_params(pruned, example_inputs)
@@ -311,16 +320,21 @@ def _check_no_empty_layers(model: nn.Module) -> None:
                                    "please report this model")
 
 
-def _group_candidates(dg, group, gi, importance, layer_macs, initial, max_ratio, head_dims,
-                      head_costs) -> list[_Candidate]:
-    n_ch = num_channel_groups(group)
+def _group_candidates(dg, group, gi, importance, layer_macs, initial, max_ratio, layouts,
+                      head_costs, round_to: int = 1) -> list[_Candidate]:
+    n_ch = num_channel_groups(dg, group, layouts)
     # an attention group (q/k/v outputs + output projection inputs) is pruned in whole heads
-    unit = head_size(dg, group, head_dims)
+    unit = head_size(dg, group, layouts)
     size = len(group[0].idxs) // n_ch // unit
     root = group[0].dep.target.module
     initial.setdefault(id(root), size)
     # A grouped conv left with one channel per group would turn into a depthwise conv: keep two.
     keep_at_least = max(1 if n_ch == 1 or unit > 1 else 2, int(round(initial[id(root)] * (1 - max_ratio))))
+    chunk = round_to if unit == 1 else 1  # heads stay whole heads; channel counts stay multiples of round_to
+    if chunk > 1:
+        if size < chunk:
+            return []
+        keep_at_least = -(-keep_at_least // chunk) * chunk
     prunable = size - keep_at_least
     if prunable <= 0:
         return []
@@ -345,7 +359,12 @@ def _group_candidates(dg, group, gi, importance, layer_macs, initial, max_ratio,
         cost += next((head_costs[it.dep.target.module] for it in group if it.dep.target.module in head_costs), 0.0)
     protected = _last_channel_of_each_part(group, imp, size, unit)
     order = [i for i in torch.argsort(imp).tolist() if i not in protected][:prunable]
-    return [_Candidate(float(imp[i]), gi, i, cost, unit) for i in order]
+    if chunk == 1:
+        return [_Candidate(float(imp[i]), gi, (i,), cost, unit) for i in order]
+    first = size % chunk  # trim to a multiple first, then whole chunks
+    chunks = ([order[:first]] if first else []) + [order[i:i + chunk] for i in range(first, len(order), chunk)]
+    return [_Candidate(float(imp[c].mean()), gi, tuple(c), cost * len(c), unit) for c in chunks
+            if len(c) == chunk or c is chunks[0] and first]
 
 
 def _last_channel_of_each_part(group, imp: torch.Tensor, size: int, unit: int) -> set[int]:
@@ -380,7 +399,7 @@ def _module_name(dg: tp.DependencyGraph, module: nn.Module) -> str:
 def _choose(candidates: list[_Candidate], need: float, room: float) -> list[_Candidate]:
     """Lowest-score channels first; take about half the remaining gap per step, never overshooting ``room``."""
     chosen, acc = [], 0.0
-    for c in sorted(candidates, key=lambda c: (c.score, c.group_index, c.local_index)):
+    for c in sorted(candidates, key=lambda c: (c.score, c.group_index, c.local_indices)):
         if acc + c.cost > room:
             continue
         chosen.append(c)
@@ -390,10 +409,10 @@ def _choose(candidates: list[_Candidate], need: float, room: float) -> list[_Can
     return chosen
 
 
-def _by_group(chosen: list[_Candidate]) -> dict[int, list[tuple[int, int]]]:
-    out: dict[int, list[tuple[int, int]]] = {}
+def _by_group(chosen: list[_Candidate]) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
     for c in chosen:
-        out.setdefault(c.group_index, []).append((c.local_index, c.unit))
+        out.setdefault(c.group_index, []).extend(c.local_indices)
     return out
 
 

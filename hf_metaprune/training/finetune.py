@@ -6,6 +6,7 @@ best epoch is chosen on the validation split carved from the training data, neve
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -21,6 +22,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from ..data import ClassificationData, accuracy
 from ..graph.tracing import classifier_logits, device_of
+from ..pruning.batchnorm import recalibrate_batchnorm, recalibration_batches
 from ..pruning.groups import ChannelGroups, sparsity_penalty
 
 
@@ -220,3 +222,13 @@ def evaluate_accuracy(model: nn.Module, data: ClassificationData,
     """Top-1 accuracy of ``model`` (in eval mode) on one split."""
     preds, labels = predict(model, data, split, batch_size)
     return int((preds == labels).sum()) / max(len(labels), 1)
+
+
+def evaluate_recalibrated(model: nn.Module, data: ClassificationData, splits: tuple[str, ...] = ("validation",),
+                          seed: int = 0) -> dict[str, float]:
+    """Accuracy per split of a copy of ``model`` whose BatchNorm statistics are re-estimated on 2000 training images
+    (:func:`~hf_metaprune.pruning.recalibration_batches`): no gradient step, but the statistics stored for the
+    unpruned network no longer hide what the kept channels can do. ``model`` itself is left as it is."""
+    model = copy.deepcopy(model)
+    recalibrate_batchnorm(model, recalibration_batches(data, seed=seed))
+    return {split: evaluate_accuracy(model, data, split=split) for split in splits}
