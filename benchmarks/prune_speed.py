@@ -1,11 +1,12 @@
 """Prune-time cost and the real CPU speed-up of pruned models.
 
 For each model: graph build, metanetwork forward, pruning to the target MACs speed-up (the three stages of
-``MetaPrunerModel.prune``), peak memory (RSS high-water mark of this process), and CPU latency of the pruned vs
-the original model at batch 64, measured interleaved in one run.
+``MetaPrunerModel.prune``), peak memory (RSS high-water mark of this process), and CPU latency (batch 64,
+channels-last) of the original, the pruned model and the model pruned with ``round_to`` (channel counts kept to
+multiples of 8), measured interleaved in one run.
 
     python benchmarks/prune_speed.py                      # cifar_resnet56 and resnet50, 2.3x
-    python benchmarks/prune_speed.py --models cifar_resnet56 --speed-up 3.0 --out results/prune_speed.json
+    python benchmarks/prune_speed.py --models cifar_resnet56 --out results/prune_speed_resnet56.json
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def run(name: str, speed_up: float, batch: int, repeats: int) -> dict:
+def run(name: str, speed_up: float, batch: int, repeats: int, round_to: int) -> dict:
     torch.manual_seed(0)
     res = RESOLUTION.get(name, 224)
     model = timm.create_model(name, pretrained=False, num_classes=10 if name.startswith("cifar") else 1000).eval()
@@ -46,10 +47,11 @@ def run(name: str, speed_up: float, batch: int, repeats: int) -> dict:
     t2 = time.perf_counter()
     result = prune_to_speedup(transformed, x1, speed_up)
     t3 = time.perf_counter()
+    rounded = prune_to_speedup(transformed, x1, speed_up, round_to=round_to)
 
     xb = torch.randn(batch, 3, res, res)
-    lat = {k: v * 1e3 for k, v in measure_latency({"original": model, "pruned": result.model}, xb, runs=repeats,
-                                                  warmup=1).items()}
+    models = {"original": model, "pruned": result.model, "rounded": rounded.model}
+    lat = {k: v * 1e3 for k, v in measure_latency(models, xb, runs=repeats, warmup=1, channels_last=True).items()}
     return {
         "model": name,
         "target_speed_up": speed_up,
@@ -69,6 +71,10 @@ def run(name: str, speed_up: float, batch: int, repeats: int) -> dict:
         "latency_original_ms": round(lat["original"], 2),
         "latency_pruned_ms": round(lat["pruned"], 2),
         "measured_speed_up": round(lat["original"] / lat["pruned"], 3),
+        "round_to": round_to,
+        "achieved_macs_speed_up_round_to": round(rounded.speed_up, 4),
+        "latency_round_to_ms": round(lat["rounded"], 2),
+        "measured_speed_up_round_to": round(lat["original"] / lat["rounded"], 3),
         "peak_rss_GiB_so_far": round(peak_rss_gib(), 2),
     }
 
@@ -79,15 +85,16 @@ def main():
     parser.add_argument("--speed-up", type=float, default=2.3)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--round-to", type=int, default=8, help="channel multiple of the rounded variant")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", default="results/prune_speed.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    rows = [run(name, args.speed_up, args.batch, args.repeats) for name in args.models]
+    rows = [run(name, args.speed_up, args.batch, args.repeats, args.round_to) for name in args.models]
     cols = ["model", "graph_edges", "graph_build_s", "metanetwork_forward_s", "prune_s", "total_prune_call_s",
             "achieved_macs_speed_up", "latency_original_ms", "latency_pruned_ms", "measured_speed_up",
-            "peak_rss_GiB_so_far"]
+            "achieved_macs_speed_up_round_to", "latency_round_to_ms", "measured_speed_up_round_to", "peak_rss_GiB_so_far"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
@@ -95,7 +102,7 @@ def main():
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"device": "cpu", "threads": args.threads, "versions": hm.library_versions(), "batch": args.batch,
-                   "rows": rows}, f, indent=2)
+                   "channels_last": True, "rows": rows}, f, indent=2)
     print(f"wrote {args.out}")
 
 
