@@ -261,3 +261,48 @@ def test_optional_hidden_width_pruning_reloads(make, x, auto, tmp_path):
     pruned.save_pretrained(tmp_path)
     loaded = auto.from_pretrained(tmp_path).eval()
     assert torch.equal(logits(loaded, x), logits(pruned, x))
+
+
+def tiny_beit_with_relative_bias(seed: int = 0) -> nn.Module:
+    """BEiT as its checkpoints are configured: a relative position bias table [positions, heads] in every layer."""
+    from transformers import BeitConfig, BeitForImageClassification
+    torch.manual_seed(seed)
+    config = BeitConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, num_labels=3, use_relative_position_bias=True)
+    model = BeitForImageClassification(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("relative_position_bias_table"):
+                p.normal_()  # zeros at init would hide a wrong column
+    return model
+
+
+def test_per_head_tables_are_in_the_graph_and_pruned_with_their_heads(tmp_path):
+    model = tiny_beit_with_relative_bias()
+    x = VIT_INPUT[:1]
+    table = "beit.layers.0.relative_position_bias.relative_position_bias_table"
+    graph = hm.model_to_graph(model, x)
+    assert torch.equal(logits(hm.graph_to_model(graph, tiny_beit_with_relative_bias(seed=1)), VIT_INPUT),
+                       logits(model, VIT_INPUT))
+    slot = next(s for s in graph.slots if s.name == table)
+    heads = graph.edges[slot.kind].index[1, slot.start:slot.end].view(-1, 4)[0]  # the node each column feeds
+    q_slot = next(s for s in graph.slots if s.name == "beit.layers.0.attention.q_proj.weight")
+    queries = graph.edges[q_slot.kind].index[1, q_slot.start:q_slot.end].view(32, 32)[:, 0]
+    assert torch.equal(heads, queries[::8])  # column h on head h's first query/key channel
+
+    weak = find_attention_modules(model)[0]
+    with torch.no_grad():  # heads 0 and 2 of the first layer negligible
+        for h in (0, 2):
+            for p in weak.projections:
+                p.weight[h * 8:(h + 1) * 8] *= 1e-3
+            model.beit.layers[0].attention.o_proj.weight[:, h * 8:(h + 1) * 8] *= 1e-3
+    result = hm.prune_to_speedup(model, x, 1.3)
+    pruned = result.model
+    assert result.model.config.pruned_attention_heads["beit.layers.0.attention"] == 2
+    kept_table = pruned.get_parameter(table)
+    assert torch.equal(kept_table, model.get_parameter(table)[:, [1, 3]])  # the surviving heads' columns
+    torch.testing.assert_close(logits(pruned, VIT_INPUT), logits(masked_reference(model, pruned), VIT_INPUT),
+                               atol=1e-5, rtol=1e-4)
+    pruned.save_pretrained(tmp_path)
+    again = AutoModelForImageClassification.from_pretrained(tmp_path)
+    assert torch.equal(logits(again, VIT_INPUT), logits(pruned, VIT_INPUT))

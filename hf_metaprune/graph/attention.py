@@ -26,10 +26,12 @@ QKV_NAMES = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q_lin"
 
 class HeadLayout(NamedTuple):
     """How a projection's output channels form heads: ``parts`` blocks (3 for a fused q/k/v projection, else 1) of
-    heads of ``head_dim`` channels; pruning head ``h`` removes its ``head_dim`` channels from every block."""
+    heads of ``head_dim`` channels; pruning head ``h`` removes its ``head_dim`` channels from every block, and entry
+    ``h`` of the last dimension of every per-head parameter (``(module, attribute)`` pairs)."""
 
     head_dim: int
     parts: int = 1
+    per_head: tuple[tuple[nn.Module, str], ...] = ()
 
 
 @dataclass
@@ -38,6 +40,9 @@ class AttentionModule:
     module: nn.Module
     projections: tuple[nn.Linear, ...]  # (query, key, value), or (fused qkv,)
     head_dim: int
+    # parameters with one entry per head in their last dimension (Swin's relative position bias table):
+    # (full parameter name, owning module, attribute)
+    per_head: tuple[tuple[str, nn.Module, str], ...] = ()
 
     @property
     def fused(self) -> bool:
@@ -49,7 +54,7 @@ class AttentionModule:
 
     @property
     def layout(self) -> HeadLayout:
-        return HeadLayout(self.head_dim, 3 if self.fused else 1)
+        return HeadLayout(self.head_dim, 3 if self.fused else 1, tuple((m, a) for _, m, a in self.per_head))
 
 
 def head_layouts(attention: list[AttentionModule]) -> dict[nn.Module, HeadLayout]:
@@ -73,15 +78,20 @@ def find_attention_modules(model: nn.Module) -> list[AttentionModule]:
     for path, m in model.named_modules():
         if getattr(m, "is_cross_attention", False) or path.rsplit(".", 1)[-1] in ("crossattention", "cross_attn"):
             raise UnsupportedModuleError(path, m, "cross-attention is not supported")
+        heads = next((getattr(m, a) for a in HEAD_COUNT_ATTRS if isinstance(getattr(m, a, None), int)), None)
         head_dim = next((getattr(m, a) for a in HEAD_SIZE_ATTRS if isinstance(getattr(m, a, None), int)), None)
-        if head_dim is None or not any(hasattr(m, a) for a in HEAD_COUNT_ATTRS):
+        scale = getattr(m, "scale", None)
+        if head_dim is None and heads and isinstance(scale, float) and scale > 0:
+            head_dim = round(scale ** -2)  # timm's WindowAttention keeps only the scale 1/sqrt(head_dim)
+            if not _fused_projections(m, heads, head_dim):
+                continue
+        if head_dim is None or heads is None:
             continue
         names = next((n for n in QKV_NAMES if all(isinstance(getattr(m, p, None), nn.Linear) for p in n)), None)
         if names is not None:
             projections = tuple(getattr(m, p) for p in names)
         else:
-            heads = next(getattr(m, a) for a in HEAD_COUNT_ATTRS if hasattr(m, a))
-            fused = [c for c in m.children() if isinstance(c, nn.Linear) and c.out_features == 3 * heads * head_dim]
+            fused = _fused_projections(m, heads, head_dim)
             if len(fused) != 1:
                 raise UnsupportedModuleError(path, m, "attention without separate query/key/value projections "
                                                       f"(one of {QKV_NAMES}) or one fused [3·heads·head_dim, dim] "
@@ -90,7 +100,21 @@ def find_attention_modules(model: nn.Module) -> list[AttentionModule]:
         if any(p.out_features % head_dim for p in projections) or len({p.out_features for p in projections}) != 1:
             raise UnsupportedModuleError(path, m, f"q/k/v widths are not equal multiples of head size {head_dim}")
         found.append(AttentionModule(path, m, projections, head_dim))
+    for a in found:  # per-head tables: in the attention module, or beside it in its layer (🤗 BEiT)
+        parent = a.path.rpartition(".")[0]
+        alone = sum(b.path.startswith(f"{parent}.") or not parent for b in found) == 1
+        scope, prefix = (model.get_submodule(parent), parent) if alone else (a.module, a.path)
+        a.per_head = tuple((".".join(x for x in (prefix, sub, n) if x), owner, n)
+                           for sub, owner in scope.named_modules() if not isinstance(owner, _LAYERS)
+                           for n, p in owner.named_parameters(recurse=False) if p.dim() and p.shape[-1] == a.num_heads)
     return found
+
+
+_LAYERS = (nn.Linear, nn.modules.conv._ConvNd, nn.LayerNorm, nn.Embedding, nn.modules.batchnorm._BatchNorm)
+
+
+def _fused_projections(m: nn.Module, heads: int, head_dim: int) -> list[nn.Linear]:
+    return [c for c in m.children() if isinstance(c, nn.Linear) and c.out_features == 3 * heads * head_dim]
 
 
 def sync_head_counts(attention: list[AttentionModule]) -> dict[str, int]:

@@ -260,7 +260,7 @@ def model_to_graph(model: nn.Module, example_inputs: Any) -> NetworkGraph:
     """
     _check_float(model)
     spaces = trace_channel_spaces(model, example_inputs)
-    _split_attention_spaces(spaces, model)
+    head_nodes = _split_attention_spaces(spaces, model)
     b = _GraphBuilder(spaces)
     for path, module in model.named_modules():
         for n, t in module.named_buffers(recurse=False):  # integer constants saved with the model
@@ -276,8 +276,14 @@ def model_to_graph(model: nn.Module, example_inputs: Any) -> NetworkGraph:
             continue
         for n in own:  # loose parameters, e.g. a layer-scale gamma that Torch-Pruning traced as a 1-D tensor
             name = _join(path, n)
-            nodes = spaces.params.get(name)
             p = getattr(module, n)
+            if name in head_nodes:  # one entry per head (Swin's bias table): on each head's first query/key node
+                if p.dim() == 1:
+                    b.add_records("scale", head_nodes[name], {"weight": (name, p)})
+                else:
+                    _add_input_embedding(b, name, module, p, head_nodes[name])
+                continue
+            nodes = spaces.params.get(name)
             if nodes is None:  # unused by the traced forward (Dinov2's mask_token): a traced sibling's channels
                 nodes = next((spaces.params[_join(path, o)] for o in own if _join(path, o) in spaces.params
                               and getattr(module, o).shape[-1] == p.shape[-1]), None)
@@ -292,13 +298,17 @@ def model_to_graph(model: nn.Module, example_inputs: Any) -> NetworkGraph:
     return graph
 
 
-def _split_attention_spaces(spaces: ChannelSpaces, model: nn.Module) -> None:
+def _split_attention_spaces(spaces: ChannelSpaces, model: nn.Module) -> dict[str, torch.Tensor]:
     """Give each attention layer two channel spaces: query/key channels (they meet in q·kᵀ) and value/output
     channels (the output projection reads the values). Torch-Pruning couples all four as one space; for a fused
     q/k/v projection it keeps the three thirds as separate channels, whose query and key thirds are merged here
-    (one query/key node per channel, as with separate projections)."""
+    (one query/key node per channel, as with separate projections).
+
+    Returns, for every per-head parameter, the node of each head it attaches to: the head's first query/key channel
+    (a relative position bias is added to that head's q·kᵀ)."""
     names = {m: n for n, m in model.named_modules()}
-    for a in find_attention_modules(model):
+    attention = find_attention_modules(model)
+    for a in attention:
         if a.fused:
             nodes = spaces.dims.get((names[a.projections[0]], "out"))
             if nodes is None or (nodes < 0).any() or len(set(nodes.tolist())) != nodes.numel():
@@ -328,6 +338,11 @@ def _split_attention_spaces(spaces: ChannelSpaces, model: nn.Module) -> None:
         qk_set = int(spaces.set_of_node[qk_nodes[0]])
         spaces.set_names[qk_set] = f"{a.path}:query_key"
         spaces.consumed_sets.update({qk_set, int(spaces.set_of_node[vo_nodes[0]])})
+    head_nodes = {}  # read after every merge (merging renumbers nodes): the query channels of each head
+    for a in attention:
+        queries = spaces.dims[(names[a.projections[0]], "out")][:a.num_heads * a.head_dim]
+        head_nodes.update({name: queries[::a.head_dim] for name, _, _ in a.per_head})
+    return head_nodes
 
 
 def _check_coverage(model: nn.Module, graph: NetworkGraph):

@@ -18,6 +18,7 @@ from torch.func import functional_call
 from torch.nn.utils import parametrize
 from transformers import PreTrainedModel
 
+from .attention import find_attention_modules
 from .errors import UnsupportedModuleError
 
 ROOT_MODULE_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
@@ -177,23 +178,28 @@ def build_dependency_graph(model: nn.Module, example_inputs: Any) -> tp.Dependen
     """Trace ``model`` in eval mode (so tracing never updates BN statistics) and restore its mode.
 
     Torch-Pruning traces through autograd, so frozen parameters are unfrozen for the trace and refrozen after.
+    Per-head tables (a relative position bias, ``[..., heads]``) are the opposite: indexed by head, not by channel,
+    and added to the attention scores through reshapes Torch-Pruning would misread as channel mappings, so they are
+    left out of the trace (no gradient) and the pruner slices them itself.
     Example inputs and modules are checked first, so bad input gets an error naming it, not a trace failure.
     """
     check_supported_modules(model)
     check_example_inputs(model, example_inputs)
+    per_head = [getattr(m, n) for a in find_attention_modules(model) for _, m, n in a.per_head]
     was_training = model.training
     frozen = [p for p in model.parameters() if not p.requires_grad]
     model.eval()
     try:
-        for p in frozen:
-            p.requires_grad_(True)
+        for p in model.parameters():
+            p.requires_grad_(all(p is not q for q in per_head))
         with torch.enable_grad():
             return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
-                                                         customized_pruners=CUSTOMIZED_PRUNERS)
+                                                         customized_pruners=CUSTOMIZED_PRUNERS,
+                                                         ignored_params=per_head or None)
     finally:
         model.train(was_training)
-        for p in frozen:
-            p.requires_grad_(False)
+        for p in model.parameters():
+            p.requires_grad_(all(p is not q for q in frozen))
 
 
 def trace_channel_spaces(model: nn.Module, example_inputs: Any, dg: tp.DependencyGraph | None = None) -> ChannelSpaces:

@@ -124,6 +124,11 @@ class ChannelGroups:
                         slices.append(_Slice(full, 0, idx, unit, bias))
                     elif p.dim() > 1 and getattr(target, "groups", 1) == 1:  # grouped convs: outputs carry it
                         slices.append(_Slice(full, 1, idx, unit, bias))
+            layout = next((layouts[it.dep.target.module] for it in group if it.dep.target.module in layouts), None)
+            for module, attr in layout.per_head if layout is not None and head > 1 else ():
+                p = getattr(module, attr)  # a per-head table: entry h of its last dimension belongs to head h
+                heads = torch.arange(p.shape[-1])
+                slices.append(_Slice(_param_name(model, p), p.dim() - 1, heads, heads + offset, is_bias=True))
             group_of_unit.append(torch.full((size // head,), gi, dtype=torch.long))
             offset += size // head
         group_of_unit = torch.cat(group_of_unit) if group_of_unit else torch.zeros(0, dtype=torch.long)
@@ -275,6 +280,10 @@ class ChannelGroups:
             shape[dim] = -1
             out[name] = out[name] * f.view(shape).to(out[name].dtype)
         return out
+
+
+def _param_name(model: nn.Module, param: torch.Tensor) -> str:
+    return next(n for n, p in model.named_parameters() if p is param)
 
 
 def _layers(model: nn.Module, names: dict[nn.Module, str], slices: list[_Slice],

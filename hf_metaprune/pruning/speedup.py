@@ -221,6 +221,13 @@ def _prune_units(dg: tp.DependencyGraph, group, units: list[int], layouts: dict)
         dg.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs).prune()
     except (IndexError, RuntimeError) as e:
         raise _untraceable(dg, group, e) from e
+    layout = next((layouts[it.dep.target.module] for it in group if it.dep.target.module in layouts), None)
+    if layout is not None and layout.per_head:  # per-head tables lose the removed heads' entries too
+        for module, attr in layout.per_head:
+            p = getattr(module, attr)
+            keep = torch.tensor([h for h in range(p.shape[-1]) if h not in set(units)])
+            setattr(module, attr, nn.Parameter(p.data.index_select(p.dim() - 1, keep).clone(),
+                                               requires_grad=p.requires_grad))
 
 
 def _finish(model: nn.Module, frozen: set[str], attention: list) -> None:
