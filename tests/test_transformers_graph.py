@@ -1,14 +1,35 @@
 """Graph adapter for 🤗 ViT / BERT: exact round trip, full coverage, the node sets the method relies on."""
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, Dinov2Config, Dinov2Model
+from transformers import (AlbertConfig, AlbertForSequenceClassification, BertConfig, BertForSequenceClassification,
+                          Dinov2Config, Dinov2ForImageClassification, Dinov2Model)
 
 import hf_metaprune as hm
 from hf_metaprune.graph import ROLE_INPUT, find_attention_modules
 from test_transformers_pruning import BERT_INPUT, VIT_INPUT, logits, tiny_bert, tiny_vit
 
-MODELS = [(tiny_vit, VIT_INPUT), (tiny_bert, BERT_INPUT)]
-IDS = ["vit", "bert"]
+
+
+def tiny_dinov2_classifier(seed: int = 0) -> Dinov2ForImageClassification:
+    """Its classifier reads [class token, mean of the patch tokens]: the hidden channels twice, side by side."""
+    torch.manual_seed(seed)
+    config = Dinov2Config(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          mlp_ratio=2, num_labels=3)
+    return Dinov2ForImageClassification(config).eval()
+
+
+def tiny_albert(seed: int = 0) -> AlbertForSequenceClassification:
+    """A factorised embedding (16 wide, projected up to the 32-wide hidden stream) and one layer shared by both
+    passes."""
+    torch.manual_seed(seed)
+    config = AlbertConfig(vocab_size=100, embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                          num_attention_heads=4, intermediate_size=64, max_position_embeddings=64, num_labels=3)
+    return AlbertForSequenceClassification(config).eval()
+
+
+MODELS = [(tiny_vit, VIT_INPUT), (tiny_bert, BERT_INPUT), (tiny_dinov2_classifier, VIT_INPUT),
+          (tiny_albert, BERT_INPUT)]
+IDS = ["vit", "bert", "dinov2-classifier", "albert"]
 
 
 def perturbed(make):
@@ -77,6 +98,24 @@ def test_an_unused_token_is_in_the_graph_on_the_channels_of_its_sibling():
     with torch.no_grad():
         assert torch.equal(rebuilt(x, bool_masked_pos=mask).last_hidden_state,
                            model(x, bool_masked_pos=mask).last_hidden_state)
+
+
+def test_a_classifier_reading_the_same_channels_twice_connects_both_halves_to_them():
+    graph = hm.model_to_graph(tiny_dinov2_classifier(), VIT_INPUT)
+    sources = sources_of(graph, "classifier.weight").view(3, 64)  # one edge per weight entry
+    assert torch.equal(sources[:, :32], sources[:, 32:])  # class token half and mean half: the same 32 channels
+    assert torch.equal(sources[0, :32], nodes_of(graph, "dinov2.layernorm.weight"))
+
+
+def test_a_factorised_embedding_is_its_own_node_set():
+    graph = hm.model_to_graph(tiny_albert(), BERT_INPUT)
+    embedding = nodes_of(graph, "albert.embeddings.word_embeddings.weight").unique()
+    assert embedding.numel() == 16
+    assert torch.equal(nodes_of(graph, "albert.embeddings.LayerNorm.weight").sort().values, embedding)
+    assert set(sources_of(graph, "albert.encoder.embedding_hidden_mapping_in.weight").tolist()) == \
+        set(embedding.tolist())
+    hidden = nodes_of(graph, "albert.encoder.embedding_hidden_mapping_in.weight").unique()
+    assert hidden.numel() == 32 and not set(hidden.tolist()) & set(embedding.tolist())
 
 
 def test_vit_node_sets():

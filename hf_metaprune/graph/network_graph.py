@@ -184,16 +184,20 @@ def _add_linear(b: _GraphBuilder, path: str, m: nn.Linear):
     w = m.weight.detach()
     out_nodes = b.nodes(path, m, "out", m.out_features)
     in_nodes = b.nodes(path, m, "in", m.in_features)
-    # After a flatten, each channel feeds several consecutive input features (channel-major order).
+    # After a flatten, each channel feeds several consecutive input features (channel-major order): one edge per
+    # (channel, output) with the positions as features. Any other traced layout (the same channels twice side by
+    # side, as a concatenation of a class token and a mean lays them out) gets one 1x1 edge per weight entry.
     channels = torch.unique_consecutive(in_nodes)
     positions = m.in_features // channels.numel()
-    if positions * channels.numel() != m.in_features or not torch.equal(
-            in_nodes, channels.repeat_interleave(positions)):
-        raise UnsupportedModuleError(path, m, "its input features do not map to whole channels in order")
-    kind = "1x1" if positions == 1 else f"flat{positions}"
-    o = torch.arange(m.out_features).repeat_interleave(channels.numel())
-    src = channels.repeat(m.out_features)
-    b.add_edges(_join(path, "weight"), kind, src, out_nodes[o], w.reshape(-1, positions), w.shape)
+    if positions * channels.numel() == m.in_features and torch.equal(in_nodes, channels.repeat_interleave(positions)):
+        kind = "1x1" if positions == 1 else f"flat{positions}"
+        o = torch.arange(m.out_features).repeat_interleave(channels.numel())
+        src = channels.repeat(m.out_features)
+        b.add_edges(_join(path, "weight"), kind, src, out_nodes[o], w.reshape(-1, positions), w.shape)
+    else:
+        o = torch.arange(m.out_features).repeat_interleave(m.in_features)
+        b.add_edges(_join(path, "weight"), "1x1", in_nodes.repeat(m.out_features), out_nodes[o], w.reshape(-1, 1),
+                    w.shape)
     if m.bias is not None:
         b.add_records("bias", out_nodes, {"bias": (_join(path, "bias"), m.bias)})
 

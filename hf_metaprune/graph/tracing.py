@@ -207,39 +207,66 @@ def trace_channel_spaces(model: nn.Module, example_inputs: Any, dg: tp.Dependenc
     module_names = {m: n for n, m in model.named_modules()}
     spaces = ChannelSpaces(num_nodes=0, set_names=[], set_of_node=torch.zeros(0, dtype=torch.long))
     for group in dg.get_all_groups(root_module_types=ROOT_MODULE_TYPES):
-        root = group[0]
-        root_name = module_names.get(root.dep.target.module, str(root.dep.target.name))
-        nodes = spaces.add_set(root_name, len(root.idxs))
-        set_id = len(spaces.set_names) - 1
-        for item in group:
-            target = item.dep.target.module
-            if item.root_idxs is None or any(r is None for r in item.root_idxs):
-                raise ValueError(f"cannot map channels of {root_name}: Torch-Pruning lost the root indices")
-            idxs = torch.as_tensor(item.idxs, dtype=torch.long)
-            node_ids = nodes[torch.as_tensor(item.root_idxs, dtype=torch.long)]
-            if isinstance(target, nn.Parameter):  # Torch-Pruning prunes a loose parameter's last dimension
-                key, store, size = dg._param_to_name[target], spaces.params, target.shape[-1]
-            elif target in module_names and any(True for _ in target.parameters(recurse=False)):
-                is_out = dg.is_out_channel_pruning_fn(item.dep.handler)
-                key, store = (module_names[target], "out" if is_out else "in"), spaces.dims
-                size = channel_dim_size(target, is_out)
-                if size == 1 < len(root.idxs) and isinstance(target, nn.PReLU):
-                    continue  # one slope shared by every channel: not a per-channel tensor
-                if not is_out:
-                    spaces.consumed_sets.add(set_id)
-            else:
-                continue  # parameter-free ops (add, relu, reshape, pooling) carry no weights
-            mapping = store.setdefault(key, torch.full((size,), -1, dtype=torch.long))
-            if len(idxs) and int(idxs.max()) >= size:
-                raise UnsupportedModuleError(root_name, root.dep.target.module,
-                                             "Torch-Pruning's dependency graph maps its channels beyond the width of "
-                                             f"'{key if isinstance(key, str) else key[0]}' (a split or concatenation "
-                                             "of channel ranges it does not model)")
-            mapping[idxs] = node_ids
-            if _is_depthwise(target):  # Torch-Pruning merges a depthwise conv's input and output channels
-                spaces.dims[(key[0], "in")] = mapping
-                spaces.consumed_sets.add(set_id)
+        _add_group(spaces, dg, group, module_names)
+    # a space no conv / linear produces (ALBERT's factorised embedding: embeddings -> LayerNorm -> a projection up to
+    # the hidden width): traced from the embedding that produces it
+    for m, name in module_names.items():
+        if isinstance(m, nn.Embedding) and (name, "out") not in spaces.dims and m in dg.module2node:
+            pruner = dg.get_pruner_of_module(m)
+            _add_group(spaces, dg, dg.get_pruning_group(m, pruner.prune_out_channels, list(range(m.embedding_dim))),
+                       module_names)
+    _fill_repeated_inputs(spaces, module_names)
     return spaces
+
+
+def _add_group(spaces: ChannelSpaces, dg: tp.DependencyGraph, group, module_names: dict) -> None:
+    root = group[0]
+    root_name = module_names.get(root.dep.target.module, str(root.dep.target.name))
+    nodes = spaces.add_set(root_name, len(root.idxs))
+    set_id = len(spaces.set_names) - 1
+    for item in group:
+        target = item.dep.target.module
+        if item.root_idxs is None or any(r is None for r in item.root_idxs):
+            raise ValueError(f"cannot map channels of {root_name}: Torch-Pruning lost the root indices")
+        idxs = torch.as_tensor(item.idxs, dtype=torch.long)
+        node_ids = nodes[torch.as_tensor(item.root_idxs, dtype=torch.long)]
+        if isinstance(target, nn.Parameter):  # Torch-Pruning prunes a loose parameter's last dimension
+            key, store, size = dg._param_to_name[target], spaces.params, target.shape[-1]
+        elif target in module_names and any(True for _ in target.parameters(recurse=False)):
+            is_out = dg.is_out_channel_pruning_fn(item.dep.handler)
+            key, store = (module_names[target], "out" if is_out else "in"), spaces.dims
+            size = channel_dim_size(target, is_out)
+            if size == 1 < len(root.idxs) and isinstance(target, nn.PReLU):
+                continue  # one slope shared by every channel: not a per-channel tensor
+            if not is_out:
+                spaces.consumed_sets.add(set_id)
+        else:
+            continue  # parameter-free ops (add, relu, reshape, pooling) carry no weights
+        mapping = store.setdefault(key, torch.full((size,), -1, dtype=torch.long))
+        if len(idxs) and int(idxs.max()) >= size:
+            raise UnsupportedModuleError(root_name, root.dep.target.module,
+                                         "Torch-Pruning's dependency graph maps its channels beyond the width of "
+                                         f"'{key if isinstance(key, str) else key[0]}' (a split or concatenation "
+                                         "of channel ranges it does not model)")
+        mapping[idxs] = node_ids
+        if _is_depthwise(target):  # Torch-Pruning merges a depthwise conv's input and output channels
+            spaces.dims[(key[0], "in")] = mapping
+            spaces.consumed_sets.add(set_id)
+
+
+def _fill_repeated_inputs(spaces: ChannelSpaces, module_names: dict) -> None:
+    """A linear layer reading the same features twice side by side (Dinov2's classifier: [class token, mean of the
+    patch tokens]) has only its first block traced — Torch-Pruning loses the mean's path. When the traced entries
+    are exactly one leading block of distinct channels and the width is a multiple of it, the other blocks are the
+    same channels (position-major, as a concatenation lays them out)."""
+    for m, name in module_names.items():
+        nodes = spaces.dims.get((name, "in"))
+        if not isinstance(m, nn.Linear) or nodes is None or not (nodes < 0).any():
+            continue
+        block = int((nodes >= 0).sum())
+        if block and nodes.numel() % block == 0 and bool((nodes[:block] >= 0).all()) \
+                and len(set(nodes[:block].tolist())) == block:
+            spaces.dims[(name, "in")] = nodes[:block].repeat(nodes.numel() // block)
 
 
 def _is_depthwise(module) -> bool:
