@@ -1,0 +1,53 @@
+"""Every transformer family the README lists as supported is traced exactly, pruned head-aware to 1.5x and 2x and
+reloads in a new process with identical logits; the others are refused naming the module (the sweep of
+benchmarks/transformers_sweep.py, which writes the README's table)."""
+import importlib.util
+import os
+import sys
+
+import pytest
+
+SWEEP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks",
+                     "transformers_sweep.py")
+REFUSED = {  # model: module named in the error
+    "BEiT, shared relative position bias": "beit.layers.0.attention.v_proj",  # one table for every layer's heads
+    "Swin": "swin.encoder.layers.0.downsample.reduction",  # patch merging: channels Torch-Pruning cannot follow
+    "swin_tiny_patch4_window7_224": "layers.1.downsample.norm",
+}
+
+
+@pytest.fixture(scope="module")
+def rows():
+    spec = importlib.util.spec_from_file_location("transformers_sweep", SWEEP)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["transformers_sweep"] = module
+    spec.loader.exec_module(module)
+    yield {r["model"]: r for r in module.sweep()}, module
+    del sys.modules["transformers_sweep"]
+
+
+def test_every_supported_family_round_trips_prunes_and_reloads_in_a_new_process(rows):
+    rows, sweep = rows
+    assert set(rows) == set(sweep.CASES)
+    for name, r in rows.items():
+        if name in REFUSED:
+            continue
+        assert r["status"] == "supported", (name, r.get("reason"))
+        assert r["round_trip"] and r["coverage"], name
+        for target in (1.5, 2.0):
+            achieved, note = r[f"speed_up_{target:g}x"], r[f"note_{target:g}x"]
+            assert achieved >= target and (achieved <= target * 1.01 or "closest above" in note), name
+        if r["heads"]:
+            assert r["heads_2x"] <= r["heads"], name
+        assert r["reload_identical"], (name, r.get("reload_error"))
+        if r["library"] == "🤗":
+            assert r["pruned_class"].startswith("MetaPruned") and r["auto_map"], name
+    assert rows["ViT"]["heads_2x"] < rows["ViT"]["heads"]  # heads do go, not only MLP neurons
+    assert rows["vit_tiny_patch16_224"]["heads_2x"] < rows["vit_tiny_patch16_224"]["heads"]
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_unsupported_families_are_refused_naming_the_module(rows, name):
+    r = rows[0][name]
+    assert r["status"] == "refused" and r["module"] == REFUSED[name]
+    assert REFUSED[name] in r["reason"]
