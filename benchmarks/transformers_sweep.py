@@ -60,6 +60,11 @@ CASES: dict[str, tuple[Callable[[], torch.nn.Module], str, str]] = {
     # mask token (unused in a plain forward), layer scale, a classifier reading [class token, patch mean]
     "Dinov2": (_hf("Dinov2ForImageClassification", "Dinov2Config", image_size=32, patch_size=8, hidden_size=64,
                    num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2, num_labels=3), "image", "🤗"),
+    # register tokens beside the class token
+    "Dinov2 with registers": (_hf("Dinov2WithRegistersForImageClassification", "Dinov2WithRegistersConfig",
+                                  image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, mlp_ratio=2, num_register_tokens=2, num_labels=3),
+                              "image", "🤗"),
     "Swin": (_hf("SwinForImageClassification", "SwinConfig", image_size=32, patch_size=4, embed_dim=16,
                  depths=[1, 1], num_heads=[2, 4], window_size=4, num_labels=3), "image", "🤗"),
     "ConvNeXt": (_hf("ConvNextForImageClassification", "ConvNextConfig", hidden_sizes=[16, 32], depths=[1, 1],
