@@ -118,6 +118,34 @@ def test_a_factorised_embedding_is_its_own_node_set():
     assert hidden.numel() == 32 and not set(hidden.tolist()) & set(embedding.tolist())
 
 
+@pytest.mark.parametrize("library", ["🤗", "timm"])
+def test_swin_patch_merging_reads_four_copies_of_the_stage_channels(library):
+    """Patch merging concatenates four strided neighbours: its norm and reduction read the previous stage's 16
+    residual channels four times, position-major. A metanetwork then reads, transforms and prunes Swin."""
+    import timm
+    from transformers import SwinConfig, SwinForImageClassification
+    torch.manual_seed(0)
+    if library == "timm":
+        model, prefix = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=3, img_size=32,
+                                          patch_size=2, window_size=4, embed_dim=16, depths=(1, 1),
+                                          num_heads=(2, 4)).eval(), "layers.1.downsample"
+        stage = "layers.0.blocks.0.mlp.fc2.weight"
+    else:
+        model = SwinForImageClassification(SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1],
+                                                      num_heads=[2, 4], window_size=4, num_labels=3)).eval()
+        prefix, stage = "swin.encoder.layers.0.downsample", "swin.encoder.layers.0.blocks.0.mlp.fc2.weight"
+    graph = hm.model_to_graph(model, VIT_INPUT[:1])
+    residual = nodes_of(graph, stage).view(16, -1)[:, 0]
+    assert torch.equal(nodes_of(graph, f"{prefix}.norm.weight"), residual.repeat(4))
+    assert torch.equal(sources_of(graph, f"{prefix}.reduction.weight").view(32, 64)[0], residual.repeat(4))
+    metapruner = hm.MetaPrunerModel(hm.MetaPrunerConfig.for_graphs([graph], hidden_size=8, num_layers=2))
+    out = lambda m: getattr(m(VIT_INPUT), "logits", m(VIT_INPUT))  # noqa: E731
+    with torch.no_grad():
+        assert torch.equal(out(metapruner.transform(model, VIT_INPUT[:1])), out(model))
+    result = metapruner.prune(model, VIT_INPUT[:1], speed_up=2.0)
+    assert result.speed_up >= 2.0 and sum(a.num_heads for a in find_attention_modules(result.model)) < 6
+
+
 def test_vit_node_sets():
     model = tiny_vit()
     g = hm.model_to_graph(model, VIT_INPUT)

@@ -1,6 +1,6 @@
 """Every transformer family the README lists as supported is traced exactly, pruned head-aware to 1.5x and 2x and
-reloads in a new process with identical logits; Swin is pruned and reloaded but its graph is refused; the rest is
-refused naming the module (the sweep of benchmarks/transformers_sweep.py, which writes the README's table)."""
+reloads in a new process with identical logits; the rest is refused naming the module (the sweep of
+benchmarks/transformers_sweep.py, which writes the README's table)."""
 import importlib.util
 import os
 import sys
@@ -11,10 +11,6 @@ SWEEP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
                      "transformers_sweep.py")
 REFUSED = {  # model: module named in the error
     "BEiT, shared relative position bias": "beit.layers.0.attention",  # one table for every layer's heads
-}
-GRAPH_REFUSED = {  # patch merging: channels Torch-Pruning cannot follow, so no graph; pruning itself works
-    "Swin": "swin.encoder.layers.0.downsample.reduction",
-    "swin_tiny_patch4_window7_224": "layers.1.downsample.norm",
 }
 
 
@@ -34,11 +30,8 @@ def test_every_supported_family_round_trips_prunes_and_reloads_in_a_new_process(
     for name, r in rows.items():
         if name in REFUSED:
             continue
-        if name in GRAPH_REFUSED:
-            assert r["status"] == "pruning only" and r["graph_module"] == GRAPH_REFUSED[name], name
-        else:
-            assert r["status"] == "supported", (name, r.get("reason"), r.get("graph_reason"))
-            assert r["round_trip"] and r["coverage"], name
+        assert r["status"] == "supported", (name, r.get("reason"), r.get("graph_reason"))
+        assert r["round_trip"] and r["coverage"], name
         for target in (1.5, 2.0):
             achieved, note = r[f"speed_up_{target:g}x"], r[f"note_{target:g}x"]
             assert achieved >= target and (achieved <= target * 1.01 or "closest above" in note), name

@@ -215,7 +215,7 @@ def trace_channel_spaces(model: nn.Module, example_inputs: Any, dg: tp.Dependenc
             pruner = dg.get_pruner_of_module(m)
             _add_group(spaces, dg, dg.get_pruning_group(m, pruner.prune_out_channels, list(range(m.embedding_dim))),
                        module_names)
-    _fill_repeated_inputs(spaces, module_names)
+    _fill_from_producers(spaces, dg, module_names)
     return spaces
 
 
@@ -254,19 +254,34 @@ def _add_group(spaces: ChannelSpaces, dg: tp.DependencyGraph, group, module_name
             spaces.consumed_sets.add(set_id)
 
 
-def _fill_repeated_inputs(spaces: ChannelSpaces, module_names: dict) -> None:
-    """A linear layer reading the same features twice side by side (Dinov2's classifier: [class token, mean of the
-    patch tokens]) has only its first block traced — Torch-Pruning loses the mean's path. When the traced entries
-    are exactly one leading block of distinct channels and the width is a multiple of it, the other blocks are the
-    same channels (position-major, as a concatenation lays them out)."""
+def _fill_from_producers(spaces: ChannelSpaces, dg: tp.DependencyGraph, module_names: dict) -> None:
+    """Input channels Torch-Pruning could not map: a linear layer (or a norm) reading ``k`` copies of one channel
+    space side by side — Dinov2's classifier ([class token, patch mean]), Swin's patch merging (four strided
+    neighbours concatenated). Walking back from the layer through parameter-free ops to the layers that produce its
+    input: when they all produce one fully traced space of ``C`` channels and the width is ``k·C``, the input is
+    those channels ``k`` times, position-major (the layout a concatenation, or flattening a ``[..., k, C]`` tensor,
+    gives)."""
     for m, name in module_names.items():
-        nodes = spaces.dims.get((name, "in"))
-        if not isinstance(m, nn.Linear) or nodes is None or not (nodes < 0).any():
+        key = (name, "in") if isinstance(m, nn.Linear) else (name, "out") if isinstance(m, nn.LayerNorm) else None
+        width = channel_dim_size(m, key[1] == "out") if key else 0
+        nodes = spaces.dims.get(key) if key else None
+        if not width or m not in dg.module2node or (nodes is not None and not (nodes < 0).any()):
             continue
-        block = int((nodes >= 0).sum())
-        if block and nodes.numel() % block == 0 and bool((nodes[:block] >= 0).all()) \
-                and len(set(nodes[:block].tolist())) == block:
-            spaces.dims[(name, "in")] = nodes[:block].repeat(nodes.numel() // block)
+        producers, frontier, seen = set(), list(dg.module2node[m].inputs), set()
+        while frontier and len(seen) < 10000:
+            node = frontier.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            produced = spaces.dims.get((module_names.get(node.module), "out"))
+            if produced is not None and not (produced < 0).any():
+                producers.add(tuple(produced.tolist()))
+            else:
+                frontier.extend(node.inputs)
+        if len(producers) == 1:
+            base = torch.tensor(next(iter(producers)))
+            if width % base.numel() == 0:
+                spaces.dims[key] = base.repeat(width // base.numel())
 
 
 def _is_depthwise(module) -> bool:
