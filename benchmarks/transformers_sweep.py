@@ -1,6 +1,7 @@
 """Which transformers hf_metaprune supports, measured: tiny configs of every common 🤗 encoder family and timm's
 vision transformers, each traced to a graph (bit-exact round trip, every parameter covered), pruned head-aware to
-1.5x and 2x MACs, saved, and reloaded in a new process (identical logits) — or refused with an
+1.5x and 2x MACs (for models with heads, the logits checked against the unpruned model with the removed heads and
+neurons zeroed), saved, and reloaded in a new process (identical logits) — or refused with an
 ``UnsupportedModuleError`` naming the module (by the graph only: then it prunes with DepGraph's criterion but no
 metanetwork can read it; or by both). The README's supported-models table is this script's output.
 
@@ -130,6 +131,36 @@ def _heads(model: torch.nn.Module) -> int:
     return sum(a.num_heads for a in hm.pruning.find_attention_modules(model))
 
 
+def kept_units(groups: hm.ChannelGroups, model: torch.nn.Module, pruned: torch.nn.Module) -> torch.Tensor:
+    """Which pruning units of ``model`` survive in ``pruned`` (1/0 per unit), read off the weights: a unit is kept
+    when its output rows are among the pruned layer's rows."""
+    keep = torch.zeros(groups.num_units)
+    before, after = dict(model.named_parameters()), dict(pruned.named_parameters())
+    seen = torch.zeros(groups.num_units, dtype=torch.bool)
+    for s in groups.slices:
+        if s.dim != 0 or s.is_bias or before[s.param].dim() < 2:
+            continue
+        rows = {r.numpy().tobytes() for r in after[s.param].detach().reshape(after[s.param].shape[0], -1)}
+        original = before[s.param].detach().reshape(before[s.param].shape[0], -1)
+        for i, u in zip(s.index.tolist(), s.unit.tolist()):
+            if not seen[u]:
+                keep[u] = float(original[i].numpy().tobytes() in rows)
+        seen[s.unit] = True
+    return keep
+
+
+def masked_logits(model: torch.nn.Module, pruned: torch.nn.Module, example, x: torch.Tensor, library: str):
+    """The unpruned model with every unit the pruned one lost zeroed (``ChannelGroups.apply_mask``)."""
+    groups = hm.ChannelGroups.from_model(model, example)
+    params = groups.apply_mask(dict(model.named_parameters()), kept_units(groups, model, pruned))
+    with torch.no_grad():
+        masked = torch.func.functional_call(model, {k: v.detach() for k, v in params.items()},
+                                            (x,) if library == "timm" else (),
+                                            {} if library == "timm" else
+                                            {"input_ids" if x.dtype == torch.long else "pixel_values": x})
+    return getattr(masked, "logits", masked)
+
+
 def check(name: str, root: str) -> dict:
     """One family: round trip, prune to 1.5x and 2x, save the 2x model under ``root`` for the reload."""
     build, kind, library = CASES[name]
@@ -156,6 +187,10 @@ def check(name: str, root: str) -> dict:
             row[f"speed_up_{speed_up:g}x"] = round(result.speed_up, 4)
             row[f"heads_{speed_up:g}x"] = _heads(result.model)
             row[f"note_{speed_up:g}x"] = result.note
+            if row["heads"]:  # heads and MLP neurons only: zeroing them is removing them (not so for the channels
+                # of a normalised residual stream, which CNNs prune too)
+                diff = (masked_logits(model, result.model, example, x, library) - _call(result.model, x, library))
+                row[f"masked_reference_max_diff_{speed_up:g}x"] = float(diff.abs().max())
         folder = f"{kind}-{len(os.listdir(root))}"
         if library == "timm":
             hm.save_pruned(result.model, os.path.join(root, folder), model_kwargs=TIMM_KWARGS.get(name, TIMM_VIT))
@@ -195,16 +230,18 @@ def sweep(names: list[str] | None = None) -> list[dict]:
 def markdown(rows: list[dict]) -> str:
     yes = lambda v: "✓" if v else "✗"  # noqa: E731
     lines = ["| model | library | graph: round trip (bit-exact, all parameters) | prune 1.5× | prune 2× | heads at 2× | "
-             "reload in a new process |", "|---|---|---|---|---|---|---|"]
+             "= masked reference | reload in a new process |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["status"] == "refused":
             lines.append(f"| {r['model']} | {r['library']} | refused: `UnsupportedModuleError` on `{r['module']}` "
-                         "| – | – | – | – |")
+                         "| – | – | – | – | – |")
             continue
         graph = yes(r["round_trip"] and r["coverage"]) if "round_trip" in r else \
             f"refused (`{r['graph_module']}`): prunable, no metanetwork"
+        diffs = [r[k] for k in ("masked_reference_max_diff_1.5x", "masked_reference_max_diff_2x") if k in r]
+        masked = f"{yes(max(diffs) < 1e-5)} (max diff {max(diffs):.0e})" if diffs else "–"
         lines.append(f"| {r['model']} | {r['library']} | {graph} | {r['speed_up_1.5x']:.3f}× | {r['speed_up_2x']:.3f}× | "
-                     f"{r['heads']} → {r['heads_2x']} | {yes(r['reload_identical'])} |")
+                     f"{r['heads']} → {r['heads_2x']} | {masked} | {yes(r['reload_identical'])} |")
     return "\n".join(lines)
 
 

@@ -18,6 +18,7 @@ import torch_pruning as tp
 from torch import nn
 
 from ..graph.attention import HeadLayout, find_attention_modules, head_layouts
+from ..graph.errors import UnsupportedModuleError
 from ..graph.tracing import ROOT_MODULE_TYPES, build_dependency_graph
 from .cost import count_macs
 
@@ -111,7 +112,13 @@ class ChannelGroups:
                 idx = torch.as_tensor(item.idxs, dtype=torch.long)
                 unit = torch.as_tensor(item.root_idxs, dtype=torch.long) % size // head + offset
                 if isinstance(target, nn.Parameter):  # Torch-Pruning prunes a loose parameter's last dimension
-                    slices.append(_Slice(dg._param_to_name[target], target.dim() - 1, idx, unit))
+                    name = dg._param_to_name[target]
+                    if len(idx) and int(idx.max()) >= target.shape[-1]:
+                        path = name.rpartition(".")[0]
+                        raise UnsupportedModuleError(path, model.get_submodule(path), f"Torch-Pruning maps channels "
+                                                     f"beyond the last dimension of '{name}' ({target.shape[-1]}): a "
+                                                     "tensor shared across layers or indexed by something else")
+                    slices.append(_Slice(name, target.dim() - 1, idx, unit))
                     continue
                 if target not in names:
                     continue
