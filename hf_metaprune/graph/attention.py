@@ -78,6 +78,9 @@ def find_attention_modules(model: nn.Module) -> list[AttentionModule]:
     for path, m in model.named_modules():
         if getattr(m, "is_cross_attention", False) or path.rsplit(".", 1)[-1] in ("crossattention", "cross_attn"):
             raise UnsupportedModuleError(path, m, "cross-attention is not supported")
+        if getattr(m, "is_causal", None) is True:  # 🤗 decoders (Llama, GPT-2, ...) mark their attention so
+            raise UnsupportedModuleError(path, m, "causal (decoder) self-attention is not supported: decoder LLMs "
+                                                  "cannot be pruned yet; only the self-attention heads of encoders")
         heads = next((getattr(m, a) for a in HEAD_COUNT_ATTRS if isinstance(getattr(m, a, None), int)), None)
         head_dim = next((getattr(m, a) for a in HEAD_SIZE_ATTRS if isinstance(getattr(m, a, None), int)), None)
         scale = getattr(m, "scale", None)
