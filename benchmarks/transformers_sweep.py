@@ -229,8 +229,8 @@ def sweep(names: list[str] | None = None) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     yes = lambda v: "✓" if v else "✗"  # noqa: E731
-    lines = ["| model | library | graph: round trip (bit-exact, all parameters) | prune 1.5× | prune 2× | heads at 2× | "
-             "= masked reference | reload in a new process |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | library | graph: round trip (bit-exact, all parameters) | prune 1.5× | prune 2× | "
+             "heads at 2× | = masked reference | reload in a new process |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["status"] == "refused":
             lines.append(f"| {r['model']} | {r['library']} | refused: `UnsupportedModuleError` on `{r['module']}` "
@@ -240,8 +240,9 @@ def markdown(rows: list[dict]) -> str:
             f"refused (`{r['graph_module']}`): prunable, no metanetwork"
         diffs = [r[k] for k in ("masked_reference_max_diff_1.5x", "masked_reference_max_diff_2x") if k in r]
         masked = f"{yes(max(diffs) < 1e-5)} (max diff {max(diffs):.0e})" if diffs else "–"
-        lines.append(f"| {r['model']} | {r['library']} | {graph} | {r['speed_up_1.5x']:.3f}× | {r['speed_up_2x']:.3f}× | "
-                     f"{r['heads']} → {r['heads_2x']} | {masked} | {yes(r['reload_identical'])} |")
+        lines.append(f"| {r['model']} | {r['library']} | {graph} | {r['speed_up_1.5x']:.3f}× | "
+                     f"{r['speed_up_2x']:.3f}× | {r['heads']} → {r['heads_2x']} | {masked} | "
+                     f"{yes(r['reload_identical'])} |")
     return "\n".join(lines)
 
 
