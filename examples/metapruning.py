@@ -5,8 +5,10 @@ uniform width multiplier at the same MACs trained with the same budget.
 
     python examples/metapruning.py --output_dir outputs/metapruning --speed_up 2
     accelerate launch examples/metapruning.py --output_dir outputs/metapruning     # training stages data-parallel
-    # start the PruningNet from a trained network (a zoo row) instead of from scratch:
-    python examples/metapruning.py --init_from zoos/cifar10-resnet20/base --output_dir outputs/metapruning-init
+    # start the PruningNet from a trained network (a zoo row) instead of from scratch, on the zoo's own data split
+    # (its validation rows are the ones its models never trained on; other data is refused):
+    python examples/metapruning.py --init_from zoos/cifar10-resnet20/base --max_train_samples 0 --val_size 5000 \
+        --output_dir outputs/metapruning-init
 
 The defaults are sized for 2 CPU cores (~15 min: 20k training images, 3 PruningNet epochs, a short search, 3
 finetuning epochs); the paper's budget is ``--pruningnet_epochs 50 --num_iterations 20 --population 50`` and a full
@@ -69,8 +71,13 @@ def main(argv: list[str] | None = None) -> dict | None:
     # 1. the PruningNet, trained by stochastic structure sampling
     t = time.time()
     if args.init_from:
-        pruningnet = hm.PruningNetModel.from_network(hm.DataModelZoo.load(args.init_from).model(0),
-                                                     hidden_size=args.hidden_size, dataset=args.dataset)
+        zoo = hm.DataModelZoo.load(args.init_from)
+        try:  # a validation split the zoo model trained on would make the search's selection meaningless
+            zoo.check_data(data)
+        except ValueError as e:
+            raise ValueError(f"--init_from {args.init_from}: {e}. Pass the --dataset, --max_train_samples and "
+                             "--val_size (and --seed) the zoo was trained with") from e
+        pruningnet = hm.PruningNetModel.from_network(zoo.model(0), hidden_size=args.hidden_size, dataset=args.dataset)
     else:
         pruningnet = hm.PruningNetModel(hm.PruningNetConfig(
             base_architecture=args.architecture, base_model_kwargs={"num_classes": data.num_classes},

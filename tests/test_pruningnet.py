@@ -223,3 +223,22 @@ def test_kendall_tau_b_of_the_fidelity_benchmark():
     # one discordant pair of six: (5 - 1) / 6; with a tie in y, C = 2, D = 0: 2 / sqrt((C + D) (C + D + 1))
     assert kendall_tau_b([1, 2, 3, 4], [1, 2, 4, 3]) == pytest.approx(4 / 6)
     assert kendall_tau_b([1, 2, 3], [1, 1, 2]) == pytest.approx(2 / (3 * 2) ** 0.5)
+
+
+def test_metapruning_example_refuses_a_zoo_model_on_other_data(tmp_path):
+    """--init_from a zoo model with a data split it was not trained on: its validation rows could be training rows
+    of the zoo model, so the search's selection would be measured on seen data — refused before any training."""
+    import importlib.util
+    from test_accelerate import DATA, REPO
+
+    spec = importlib.util.spec_from_file_location("metapruning_example", os.path.join(REPO, "examples",
+                                                                                     "metapruning.py"))
+    example = importlib.util.module_from_spec(spec)
+    sys.modules["metapruning_example"] = example  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(example)
+        with pytest.raises(ValueError, match=r"--init_from .*zoo.*not the data the zoo was trained on.*--val_size"):
+            example.main(["--dataset", DATA, "--init_from", os.path.join(REPO, "zoos", "cifar10-resnet20", "zoo"),
+                          "--max_train_samples", "2000", "--val_size", "200", "--output_dir", str(tmp_path)])
+    finally:
+        del sys.modules["metapruning_example"]
