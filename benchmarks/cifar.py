@@ -113,6 +113,9 @@ METHODS = {  # key: (table name, pre-prune stage, pruning criterion)
     "random": ("random", "plain", "random"),
     "metanetwork": ("metanetwork", "metanetwork", "group_l2"),
     "metanetwork-sl": ("metanetwork + SL", "metanetwork-sparse", "group_l2"),
+    # MetaPruning: a PruningNet grown from the base model, trained pre_epochs by stochastic structure sampling (the
+    # pre-prune budget), evolutionary search (generated weights + BN recalibration, validation split), finetune
+    "metapruning": ("MetaPruning", "pruningnet", "search"),
 }
 # candidate fields (zipped lists on the command line) -> MetaPrunerTrainingArguments / MetaPrunerConfig fields
 CANDIDATE_FIELDS = {
@@ -178,6 +181,10 @@ class BenchmarkArguments:
     post_epochs: float = field(default=4.0, metadata={"help": "finetuning epochs after pruning (every method)"})
     finetune_learning_rate: float = field(default=0.01)
     sl_lambda: float = field(default=2.5e-3, metadata={"help": "DepGraph sparse-learning strength"})
+    pruningnet_hidden_size: int = field(default=32, metadata={"help": "MetaPruning's generator width (paper: 32)"})
+    search_population: int = field(default=16, metadata={"help": "MetaPruning's evolutionary search (paper: 50)"})
+    search_iterations: int = field(default=4, metadata={"help": "MetaPruning's search iterations (paper: 20)"})
+    search_eval_samples: int = field(default=1000, metadata={"help": "validation images per fitness (0: all)"})
     # reporting
     latency_batch_size: int = field(default=64)
     latency_runs: int = field(default=10)
@@ -523,10 +530,15 @@ def main(argv: list[str] | None = None) -> dict:
                 record = cache.record(name)
                 if record is None:
                     if stage not in pre_models:
-                        pre_models[stage] = _pre_prune_stage(args, cache, seed, stage, base, data, metapruner,
-                                                             finetune_kwargs, name=f"seed-{seed}/pre-{tag(stage)}")
-                    record, model = _prune_and_finetune(args, cache, name, pre_models[stage].model, data, speed_up,
-                                                        importance, seed, finetune_kwargs)
+                        stage_fn = _pruningnet_stage if stage == "pruningnet" else _pre_prune_stage
+                        pre_models[stage] = stage_fn(args, cache, seed, stage, base, data, metapruner,
+                                                     finetune_kwargs, name=f"seed-{seed}/pre-{tag(stage)}")
+                    if stage == "pruningnet":
+                        record, model = _search_and_finetune(args, cache, name, pre_models[stage], base, data,
+                                                             speed_up, seed, finetune_kwargs)
+                    else:
+                        record, model = _prune_and_finetune(args, cache, name, pre_models[stage].model, data,
+                                                            speed_up, importance, seed, finetune_kwargs)
                     record.update(method=method, seed=seed, target_speed_up=speed_up)
                     cache.save(name, model, record, args.architecture)
                     log(f"seed {seed} {method} {speed_up:g}x: {record['speed_up']:.2f}x, right after pruning test "
@@ -615,6 +627,12 @@ def main(argv: list[str] | None = None) -> dict:
         times = ", ".join(f"{k} {v / 60:.1f} min" for k, v in stage_seconds.items())
         text = (f"{table}\n\n{direct_table}\n\nWall time: {times}.\n\nMeta-training candidates (prune-and-probe on "
                 f"held-out data models, validation split):\n\n{ablation}\n")
+        searches = [r for r in runs if "search_seconds" in r]
+        if searches:
+            text += (f"\nMetaPruning's search cost: {statistics.mean(r['search_seconds'] for r in searches) / 60:.1f} "
+                     f"min per search ({statistics.mean(r['genes_evaluated'] for r in searches):.0f} genes, "
+                     f"population {args.search_population}, {args.search_iterations} iterations), included in "
+                     "prune + finetune.\n")
         if transfer:
             text += f"\nTransfer (1 seed):\n\n{transfer_table}\n"
         with open(f"{prefix}.md", "w") as f:
@@ -687,6 +705,68 @@ def _pre_prune_stage(args, cache: Cache, seed: int, stage: str, base, data, meta
                    architecture or args.architecture)
         log(f"{name}: {result.stage_val_accuracy} ({time.time() - t:.0f}s)")
     return result
+
+
+def _pruningnet_stage(args, cache: Cache, seed: int, stage: str, base, data, metapruner, finetune_kwargs,
+                      name: str) -> "hm.PruningNetModel":
+    """MetaPruning's pre-prune stage: a PruningNet grown from ``base`` (its generators start at the base weights),
+    trained ``pre_epochs`` by stochastic structure sampling with the finetuning recipe (cached under ``name``)."""
+    from transformers import TrainingArguments
+
+    folder = os.path.join(args.output_dir, name, "pruningnet")
+    if cache.record(name) is not None:
+        return hm.PruningNetModel.from_pretrained(folder).eval()
+    t = time.time()
+    pruningnet = hm.PruningNetModel.from_network(base, hidden_size=args.pruningnet_hidden_size, dataset=args.dataset)
+    training = TrainingArguments(
+        output_dir=os.path.join(args.output_dir, "runs", name), num_train_epochs=args.pre_epochs,
+        per_device_train_batch_size=args.batch_size, learning_rate=args.finetune_learning_rate, optim="sgd",
+        weight_decay=5e-4, lr_scheduler_type="cosine", save_strategy="no", logging_steps=50, seed=seed,
+        report_to="none", disable_tqdm=args.disable_tqdm, use_cpu=finetune_kwargs.get("use_cpu", False))
+    trainer = hm.PruningNetTrainer(pruningnet, training, data)
+    trainer.train()
+    pruningnet = trainer.accelerator.unwrap_model(trainer.model).eval()
+    pruningnet.save_pretrained(folder)
+    full = pruningnet.generate(pruningnet.full_gene(), hm.pruning.recalibration_batches(data, seed=seed)).model
+    record = {"stage_seconds": {"pruningnet": time.time() - t},
+              "stage_val_accuracy": {"pruningnet_full_width": evaluate_accuracy(full, data)}}
+    with open(os.path.join(args.output_dir, name, "record.json"), "w") as f:  # written last: marks it complete
+        json.dump(record, f, indent=2)
+    cache.add_seconds("pre_prune", time.time() - t)
+    log(f"{name}: {record['stage_val_accuracy']} ({time.time() - t:.0f}s)")
+    return pruningnet
+
+
+def _search_and_finetune(args, cache: Cache, name: str, pruningnet, base, data, speed_up: float, seed: int,
+                         finetune_kwargs) -> tuple[dict, torch.nn.Module]:
+    """MetaPruning at one speed-up: evolutionary search on the validation split (its cost recorded), the searched
+    network with generated weights measured right away (as generated, and BN-recalibrated), then finetuned."""
+    t = time.time()
+    population = args.search_population
+    found = pruningnet.search(data, speed_up, num_iterations=args.search_iterations, population=population,
+                              top_k=population, num_parents=max(2, population // 5), mutations=population // 2,
+                              crossovers=population // 2, eval_samples=args.search_eval_samples or None, seed=seed,
+                              disable_tqdm=args.disable_tqdm)
+    search_seconds = time.time() - t
+    x = data.example_inputs()
+    raw = pruningnet.generate(found.gene).model  # BatchNorm statistics as generated: right after pruning
+    model = found.result.model  # recalibrated on 2000 training images, as the search scored it
+    macs, params = hm.count_macs_and_params(model, x)
+    record = {"speed_up": hm.count_macs_and_params(base, x)[0] / macs, "macs": macs, "params": params,
+              "pruned_val_accuracy": evaluate_accuracy(raw, data),
+              "pruned_test_accuracy": evaluate_accuracy(raw, data, split="test"),
+              "recalibrated_val_accuracy": evaluate_accuracy(model, data),
+              "recalibrated_test_accuracy": evaluate_accuracy(model, data, split="test"),
+              "search_seconds": search_seconds, "genes_evaluated": found.evaluated, "gene": list(found.gene),
+              "search_val_accuracy": found.val_accuracy}
+    t = time.time()
+    tuned = hm.training.finetune(model, data, os.path.join(args.output_dir, "runs", name), epochs=args.post_epochs,
+                                 seed=seed, **finetune_kwargs)
+    record.update(val_accuracy=tuned.val_accuracy, test_accuracy=evaluate_accuracy(tuned.model, data, split="test"),
+                  stage_val_accuracy={"pruned": record["pruned_val_accuracy"], "finetuned": tuned.val_accuracy},
+                  stage_seconds={"search": search_seconds, "finetune": time.time() - t})
+    cache.add_seconds("prune_and_finetune", time.time() - t + search_seconds)
+    return record, tuned.model
 
 
 def _out_widths(model: torch.nn.Module) -> dict[str, int]:

@@ -26,7 +26,9 @@ def cifar_benchmark():
 TINY = ["--dataset", CIFAR10, "--max_train_samples", "400", "--val_size", "100", "--max_test_samples", "100",
         "--num_seeds", "2", "--base_epochs", "0.5", "--num_zoo_models", "3", "--meta_max_steps", "2",
         "--meta_eval_steps", "1", "--probe_finetune_steps", "2", "--pre_epochs", "0.25", "--post_epochs", "0.25",
-        "--latency_runs", "1", "--latency_batch_size", "4", "--hidden_size", "8", "--num_layers", "1"]
+        "--latency_runs", "1", "--latency_batch_size", "4", "--hidden_size", "8", "--num_layers", "1",
+        "--pruningnet_hidden_size", "4", "--search_population", "4", "--search_iterations", "1",
+        "--search_eval_samples", "50"]
 
 
 def test_presets_and_overrides(cifar_benchmark):
@@ -93,6 +95,10 @@ def test_cpu_small_runs_end_to_end_and_resumes(cifar_benchmark, tmp_path):
     assert len(scores) == 2 and scores[written["selected_candidate"]] == max(scores)
     assert "| DepGraph + SL | 3× |" in prefix.with_suffix(".md").read_text()
     assert "| metanetwork transform, pruned | 3× |" in prefix.with_suffix(".md").read_text()
+    assert "MetaPruning's search cost" in prefix.with_suffix(".md").read_text()
+    searched = [r for r in written["runs"] if r["method"] == "MetaPruning"]
+    assert len(searched) == 4 and all(r["genes_evaluated"] >= 4 and r["search_seconds"] > 0 for r in searched)
+    assert all("pruningnet_full_width" in r["stage_val_accuracy"] for r in searched)
     assert [d["seed"] for d in written["direct"]] == [0, 1]
     assert set(written["direct"][0]["speed_ups"]) == {"2", "3"}
 
