@@ -87,6 +87,17 @@ def test_zoo(tiny_zoo):
         hm.count_macs_and_params(zoo.model(0), torch.randn(1, 3, 32, 32))[0]  # the second one lightly pruned
 
 
+def test_prune_round_to_keeps_widths_multiples(tmp_path):
+    out = str(tmp_path / "pruned")
+    summary = cli.run(["prune", ZOO, "--model_index", "8", "--speed-up", "2", "--method", "depgraph",
+                       "--round-to", "8", "--output", out])
+    assert summary["rows"][1]["speed_up"] >= 2.0
+    widths = hm.pruning.module_widths(hm.load_pruned(out))
+    assert all(w["out"] % 8 == 0 for name, w in widths.items() if name != "fc")
+    expected = hm.prune_to_speedup(hm.DataModelZoo.load(ZOO).model(8), torch.randn(1, 3, 32, 32), 2.0, round_to=8)
+    assert widths == expected.widths
+
+
 def test_prune_with_data_finetunes_and_reports_accuracy(tiny_zoo, tmp_path, capsys):
     out = str(tmp_path / "pruned")
     summary = cli.run(["prune", tiny_zoo, "--method", "depgraph", "--speed_up", "1.5", "--finetune_epochs", "0.25",
