@@ -32,7 +32,7 @@ setup(
     install_requires=[
         "torch>=2.3",  # not checked below 2.14.1 here
         "torchvision",
-        "timm>=1.0.3",
+        "timm>=1.0.23",
         "transformers>=5.0",
         "accelerate>=1.3",  # transformers 5's Trainer passes keep_torch_compile
         "datasets>=4.0",  # pixel-array image columns need datasets>=5.0 beside torchvision>=0.29
