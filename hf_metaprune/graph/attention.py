@@ -27,11 +27,11 @@ QKV_NAMES = (("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q_lin"
 class HeadLayout(NamedTuple):
     """How a projection's output channels form heads: ``parts`` blocks (3 for a fused q/k/v projection, else 1) of
     heads of ``head_dim`` channels; pruning head ``h`` removes its ``head_dim`` channels from every block, and entry
-    ``h`` of the last dimension of every per-head parameter (``(module, attribute)`` pairs)."""
+    ``h`` of the last dimension of every per-head parameter (``(full name, module, attribute)``)."""
 
     head_dim: int
     parts: int = 1
-    per_head: tuple[tuple[nn.Module, str], ...] = ()
+    per_head: tuple[tuple[str, nn.Module, str], ...] = ()
 
 
 @dataclass
@@ -54,7 +54,7 @@ class AttentionModule:
 
     @property
     def layout(self) -> HeadLayout:
-        return HeadLayout(self.head_dim, 3 if self.fused else 1, tuple((m, a) for _, m, a in self.per_head))
+        return HeadLayout(self.head_dim, 3 if self.fused else 1, self.per_head)
 
 
 def head_layouts(attention: list[AttentionModule]) -> dict[nn.Module, HeadLayout]:

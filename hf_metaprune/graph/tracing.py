@@ -49,18 +49,15 @@ class ChannelSpaces:
     def merge_nodes(self, remap: torch.Tensor) -> None:
         """Relabel every mapped dimension by ``remap`` (old node id -> new node id, ``arange`` where unchanged) and
         drop the nodes nothing maps to any more."""
-        relabel = lambda nodes: torch.where(nodes >= 0, remap[nodes.clamp(min=0)], nodes)  # noqa: E731 (-1: untraced)
-        for store in (self.dims, self.params):
-            for key, nodes in store.items():
-                store[key] = relabel(nodes)
+        stores = (self.dims, self.params)
         used = torch.zeros(self.num_nodes, dtype=torch.bool)
-        for store in (self.dims, self.params):
+        for store in stores:
             for nodes in store.values():
-                used[nodes[nodes >= 0]] = True
-        new_id = torch.cumsum(used, 0) - 1
-        for store in (self.dims, self.params):
+                used[remap[nodes[nodes >= 0]]] = True
+        new_id = (torch.cumsum(used, 0) - 1)[remap]  # old id -> id after the merge, orphans dropped
+        for store in stores:
             for key, nodes in store.items():
-                store[key] = torch.where(nodes >= 0, new_id[nodes.clamp(min=0)], nodes)
+                store[key] = torch.where(nodes >= 0, new_id[nodes.clamp(min=0)], nodes)  # -1: untraced
         self.set_of_node, self.num_nodes = self.set_of_node[used], int(used.sum())
 
 
@@ -186,12 +183,13 @@ def build_dependency_graph(model: nn.Module, example_inputs: Any) -> tp.Dependen
     check_supported_modules(model)
     check_example_inputs(model, example_inputs)
     per_head = [getattr(m, n) for a in find_attention_modules(model) for _, m, n in a.per_head]
+    untraced = {id(p) for p in per_head}
     was_training = model.training
-    frozen = [p for p in model.parameters() if not p.requires_grad]
+    frozen = {id(p) for p in model.parameters() if not p.requires_grad}
     model.eval()
     try:
         for p in model.parameters():
-            p.requires_grad_(all(p is not q for q in per_head))
+            p.requires_grad_(id(p) not in untraced)
         with torch.enable_grad():
             return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
                                                          customized_pruners=CUSTOMIZED_PRUNERS,
@@ -199,7 +197,7 @@ def build_dependency_graph(model: nn.Module, example_inputs: Any) -> tp.Dependen
     finally:
         model.train(was_training)
         for p in model.parameters():
-            p.requires_grad_(all(p is not q for q in frozen))
+            p.requires_grad_(id(p) not in frozen)
 
 
 def trace_channel_spaces(model: nn.Module, example_inputs: Any, dg: tp.DependencyGraph | None = None) -> ChannelSpaces:

@@ -105,7 +105,8 @@ class ChannelGroups:
         slices, group_of_unit, offset = [], [], 0
         _, layer_macs = count_macs(model, example_inputs)
         for gi, group in enumerate(tp_groups):
-            head = head_size(dg, group, layouts)
+            layout = group_layout(dg, group, layouts)
+            head = layout.head_dim if layout else 1
             size = len(group[0].idxs) // num_channel_groups(dg, group, layouts)
             for item in group:
                 target, is_out = item.dep.target.module, dg.is_out_channel_pruning_fn(item.dep.handler)
@@ -131,11 +132,10 @@ class ChannelGroups:
                         slices.append(_Slice(full, 0, idx, unit, bias))
                     elif p.dim() > 1 and getattr(target, "groups", 1) == 1:  # grouped convs: outputs carry it
                         slices.append(_Slice(full, 1, idx, unit, bias))
-            layout = next((layouts[it.dep.target.module] for it in group if it.dep.target.module in layouts), None)
-            for module, attr in layout.per_head if layout is not None and head > 1 else ():
+            for name, module, attr in layout.per_head if layout else ():
                 p = getattr(module, attr)  # a per-head table: entry h of its last dimension belongs to head h
                 heads = torch.arange(p.shape[-1])
-                slices.append(_Slice(_param_name(model, p), p.dim() - 1, heads, heads + offset, is_bias=True))
+                slices.append(_Slice(name, p.dim() - 1, heads, heads + offset, is_bias=True))
             group_of_unit.append(torch.full((size // head,), gi, dtype=torch.long))
             offset += size // head
         group_of_unit = torch.cat(group_of_unit) if group_of_unit else torch.zeros(0, dtype=torch.long)
@@ -289,10 +289,6 @@ class ChannelGroups:
         return out
 
 
-def _param_name(model: nn.Module, param: torch.Tensor) -> str:
-    return next(n for n, p in model.named_parameters() if p is param)
-
-
 def _layers(model: nn.Module, names: dict[nn.Module, str], slices: list[_Slice],
             layer_macs: dict[nn.Module, float], num_units: int) -> list[_Layer]:
     """The MACs model: every leaf layer with MACs and the units on its input / output channel dimensions."""
@@ -370,26 +366,31 @@ def prunable_groups(dg: tp.DependencyGraph, ignored: set[nn.Module], prune_hidde
     return groups, excluded
 
 
-def num_channel_groups(dg: tp.DependencyGraph, group, layouts: dict[nn.Module, HeadLayout] | None = None) -> int:
+def num_channel_groups(dg: tp.DependencyGraph, group, layouts: dict[nn.Module, HeadLayout]) -> int:
     """Grouped (non-depthwise) convs and GroupNorm force pruning the same local channel in every group, so
     each group keeps the same width (a GroupNorm's groups then still hold the channels they held before); a fused
     query/key/value projection holds its heads three times (queries, keys, values) and loses a head from each."""
-    n = 1
+    layout = group_layout(dg, group, layouts)
+    n = layout.parts if layout else 1
     for item in group:
         m = item.dep.target.module
         if isinstance(m, nn.modules.conv._ConvNd) and 1 < m.groups < m.out_channels:
             n = math.lcm(n, m.groups)
         elif isinstance(m, nn.GroupNorm) and m.num_groups > 1:
             n = math.lcm(n, m.num_groups)
-        elif layouts and m in layouts and dg.is_out_channel_pruning_fn(item.dep.handler):
-            n = math.lcm(n, layouts[m].parts)
     return n
+
+
+def group_layout(dg: tp.DependencyGraph, group, layouts: dict[nn.Module, HeadLayout]) -> HeadLayout | None:
+    """The head layout of a group of query/key/value output channels (pruned in whole heads); None for others."""
+    return next((layouts[it.dep.target.module] for it in group if it.dep.target.module in layouts
+                 and dg.is_out_channel_pruning_fn(it.dep.handler)), None)
 
 
 def head_size(dg: tp.DependencyGraph, group, layouts: dict[nn.Module, HeadLayout]) -> int:
     """``head_dim`` for a group of query/key/value output channels (pruned in whole heads), else 1."""
-    return next((layouts[it.dep.target.module].head_dim for it in group if it.dep.target.module in layouts
-                 and dg.is_out_channel_pruning_fn(it.dep.handler)), 1)
+    layout = group_layout(dg, group, layouts)
+    return layout.head_dim if layout else 1
 
 
 def coupled_groups(model: nn.Module, example_inputs: Any

@@ -23,7 +23,7 @@ from ..graph.errors import UnsupportedModuleError
 from ..graph.tracing import (build_dependency_graph, call_model, channel_dim_size,
                              check_supported_modules)
 from .cost import count_macs, count_macs_and_params
-from .groups import (ChannelGroups, coupled_groups, head_size, num_channel_groups, prunable_groups,
+from .groups import (ChannelGroups, coupled_groups, group_layout, head_size, num_channel_groups, prunable_groups,
                      unit_channel_indices)
 from .pretrained import attach_pruned_config
 
@@ -221,13 +221,12 @@ def _prune_units(dg: tp.DependencyGraph, group, units: list[int], layouts: dict)
         dg.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs).prune()
     except (IndexError, RuntimeError) as e:
         raise _untraceable(dg, group, e) from e
-    layout = next((layouts[it.dep.target.module] for it in group if it.dep.target.module in layouts), None)
-    if layout is not None and layout.per_head:  # per-head tables lose the removed heads' entries too
-        for module, attr in layout.per_head:
-            p = getattr(module, attr)
-            keep = torch.tensor([h for h in range(p.shape[-1]) if h not in set(units)])
-            setattr(module, attr, nn.Parameter(p.data.index_select(p.dim() - 1, keep).clone(),
-                                               requires_grad=p.requires_grad))
+    layout = group_layout(dg, group, layouts)
+    for _, module, attr in layout.per_head if layout else ():  # per-head tables lose the removed heads' entries too
+        p = getattr(module, attr)
+        keep = torch.tensor(sorted(set(range(p.shape[-1])) - set(units)))
+        setattr(module, attr, nn.Parameter(p.data.index_select(p.dim() - 1, keep).clone(),
+                                           requires_grad=p.requires_grad))
 
 
 def _finish(model: nn.Module, frozen: set[str], attention: list) -> None:
