@@ -271,9 +271,13 @@ class Cache:
         return times
 
     def save(self, name: str, model: torch.nn.Module, record: dict, architecture: str) -> None:
-        folder = os.path.join(self.root, name)
-        hm.save_pruned(model.cpu(), os.path.join(folder, "model"), architecture=architecture)
-        with open(os.path.join(folder, "record.json"), "w") as f:  # written last: marks the run complete
+        hm.save_pruned(model.cpu(), os.path.join(self.root, name, "model"), architecture=architecture)
+        self.save_record(name, record)
+
+    def save_record(self, name: str, record: dict) -> None:
+        """Written last, after the stage's files: marks the stage complete."""
+        os.makedirs(os.path.join(self.root, name), exist_ok=True)
+        with open(os.path.join(self.root, name, "record.json"), "w") as f:
             json.dump(record, f, indent=2)
 
 
@@ -534,8 +538,8 @@ def main(argv: list[str] | None = None) -> dict:
                         pre_models[stage] = stage_fn(args, cache, seed, stage, base, data, metapruner,
                                                      finetune_kwargs, name=f"seed-{seed}/pre-{tag(stage)}")
                     if stage == "pruningnet":
-                        record, model = _search_and_finetune(args, cache, name, pre_models[stage], base, data,
-                                                             speed_up, seed, finetune_kwargs)
+                        record, model = _search_and_finetune(args, cache, name, pre_models[stage], base_record["macs"],
+                                                             data, speed_up, seed, finetune_kwargs)
                     else:
                         record, model = _prune_and_finetune(args, cache, name, pre_models[stage].model, data,
                                                             speed_up, importance, seed, finetune_kwargs)
@@ -730,15 +734,14 @@ def _pruningnet_stage(args, cache: Cache, seed: int, stage: str, base, data, met
     full = pruningnet.generate(pruningnet.full_gene(), hm.pruning.recalibration_batches(data, seed=seed)).model
     record = {"stage_seconds": {"pruningnet": time.time() - t},
               "stage_val_accuracy": {"pruningnet_full_width": evaluate_accuracy(full, data)}}
-    with open(os.path.join(args.output_dir, name, "record.json"), "w") as f:  # written last: marks it complete
-        json.dump(record, f, indent=2)
+    cache.save_record(name, record)
     cache.add_seconds("pre_prune", time.time() - t)
     log(f"{name}: {record['stage_val_accuracy']} ({time.time() - t:.0f}s)")
     return pruningnet
 
 
-def _search_and_finetune(args, cache: Cache, name: str, pruningnet, base, data, speed_up: float, seed: int,
-                         finetune_kwargs) -> tuple[dict, torch.nn.Module]:
+def _search_and_finetune(args, cache: Cache, name: str, pruningnet, base_macs: float, data, speed_up: float,
+                         seed: int, finetune_kwargs) -> tuple[dict, torch.nn.Module]:
     """MetaPruning at one speed-up: evolutionary search on the validation split (its cost recorded), the searched
     network with generated weights measured right away (as generated, and BN-recalibrated), then finetuned."""
     t = time.time()
@@ -752,7 +755,7 @@ def _search_and_finetune(args, cache: Cache, name: str, pruningnet, base, data, 
     raw = pruningnet.generate(found.gene).model  # BatchNorm statistics as generated: right after pruning
     model = found.result.model  # recalibrated on 2000 training images, as the search scored it
     macs, params = hm.count_macs_and_params(model, x)
-    record = {"speed_up": hm.count_macs_and_params(base, x)[0] / macs, "macs": macs, "params": params,
+    record = {"speed_up": base_macs / macs, "macs": macs, "params": params,
               "pruned_val_accuracy": evaluate_accuracy(raw, data),
               "pruned_test_accuracy": evaluate_accuracy(raw, data, split="test"),
               "recalibrated_val_accuracy": evaluate_accuracy(model, data),

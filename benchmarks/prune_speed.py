@@ -94,7 +94,8 @@ def main():
     rows = [run(name, args.speed_up, args.batch, args.repeats, args.round_to) for name in args.models]
     cols = ["model", "graph_edges", "graph_build_s", "metanetwork_forward_s", "prune_s", "total_prune_call_s",
             "achieved_macs_speed_up", "latency_original_ms", "latency_pruned_ms", "measured_speed_up",
-            "achieved_macs_speed_up_round_to", "latency_round_to_ms", "measured_speed_up_round_to", "peak_rss_GiB_so_far"]
+            "achieved_macs_speed_up_round_to", "latency_round_to_ms", "measured_speed_up_round_to",
+            "peak_rss_GiB_so_far"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:

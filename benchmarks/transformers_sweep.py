@@ -27,6 +27,7 @@ import transformers as tf
 from safetensors.torch import load_file, save_file
 
 import hf_metaprune as hm
+from hf_metaprune.training import classifier_logits
 
 warnings.filterwarnings("ignore", message=".*(unwrapped|jit.script).*")
 
@@ -96,6 +97,7 @@ TIMM_KWARGS = {"swin_tiny_patch4_window7_224": TIMM_SWIN}
 RELOAD = """
 import sys, torch, transformers
 import hf_metaprune as hm  # nothing else: the folder must be enough
+from hf_metaprune.training import classifier_logits
 from safetensors.torch import load_file, save_file
 root, cases = sys.argv[1], sys.argv[2:]
 out = {}
@@ -108,8 +110,8 @@ for case in cases:
         model = getattr(transformers, auto).from_pretrained(f"{root}/{folder}").eval()
     x = load_file(f"{root}/{folder}-inputs.safetensors")["x"]
     with torch.no_grad():
-        y = model(x) if library == "timm" else model(input_ids=x) if x.dtype == torch.long else model(pixel_values=x)
-    out[folder] = getattr(y, "logits", y).contiguous()
+        out[folder] = classifier_logits(model, {"input_ids" if x.dtype == torch.long else "pixel_values": x})
+    out[folder] = out[folder].contiguous()
 save_file(out, f"{root}/reloaded.safetensors")
 """
 
@@ -119,12 +121,10 @@ def _inputs(kind: str) -> torch.Tensor:
     return torch.randint(3, 100, (2, 12), generator=g) if kind == "text" else torch.randn(2, 3, 32, 32, generator=g)
 
 
-def _call(model: torch.nn.Module, x: torch.Tensor, library: str) -> torch.Tensor:
+def _logits(model: torch.nn.Module, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Logits of a 🤗 (keyword inputs) or timm (positional input) classifier, with ``params`` swapped in if given."""
     with torch.no_grad():
-        if library == "timm":
-            return model(x)
-        y = model(input_ids=x) if x.dtype == torch.long else model(pixel_values=x)
-    return y.logits
+        return classifier_logits(model, {"input_ids" if x.dtype == torch.long else "pixel_values": x}, params)
 
 
 def _heads(model: torch.nn.Module) -> int:
@@ -149,16 +149,10 @@ def kept_units(groups: hm.ChannelGroups, model: torch.nn.Module, pruned: torch.n
     return keep
 
 
-def masked_logits(model: torch.nn.Module, pruned: torch.nn.Module, example, x: torch.Tensor, library: str):
+def masked_logits(model: torch.nn.Module, pruned: torch.nn.Module, example, x: torch.Tensor) -> torch.Tensor:
     """The unpruned model with every unit the pruned one lost zeroed (``ChannelGroups.apply_mask``)."""
     groups = hm.ChannelGroups.from_model(model, example)
-    params = groups.apply_mask(dict(model.named_parameters()), kept_units(groups, model, pruned))
-    with torch.no_grad():
-        masked = torch.func.functional_call(model, {k: v.detach() for k, v in params.items()},
-                                            (x,) if library == "timm" else (),
-                                            {} if library == "timm" else
-                                            {"input_ids" if x.dtype == torch.long else "pixel_values": x})
-    return getattr(masked, "logits", masked)
+    return _logits(model, x, groups.apply_mask(dict(model.named_parameters()), kept_units(groups, model, pruned)))
 
 
 def check(name: str, root: str) -> dict:
@@ -175,7 +169,7 @@ def check(name: str, root: str) -> dict:
         torch.manual_seed(1)
         rebuilt = hm.graph_to_model(graph, build().eval())
         row["round_trip"] = all(torch.equal(v, model.state_dict()[k]) for k, v in rebuilt.state_dict().items()) \
-            and torch.equal(_call(rebuilt, x, library), _call(model, x, library))
+            and torch.equal(_logits(rebuilt, x), _logits(model, x))
         row["coverage"] = graph.num_covered_parameters == sum(p.numel() for p in model.parameters())
         row["graph_nodes"] = graph.num_nodes
     except hm.UnsupportedModuleError as e:
@@ -189,7 +183,7 @@ def check(name: str, root: str) -> dict:
             row[f"note_{speed_up:g}x"] = result.note
             if row["heads"]:  # heads and MLP neurons only: zeroing them is removing them (not so for the channels
                 # of a normalised residual stream, which CNNs prune too)
-                diff = (masked_logits(model, result.model, example, x, library) - _call(result.model, x, library))
+                diff = masked_logits(model, result.model, example, x) - _logits(result.model, x)
                 row[f"masked_reference_max_diff_{speed_up:g}x"] = float(diff.abs().max())
         folder = f"{kind}-{len(os.listdir(root))}"
         if library == "timm":
@@ -200,7 +194,7 @@ def check(name: str, root: str) -> dict:
             with open(os.path.join(root, folder, "config.json")) as f:
                 row["auto_map"] = "auto_map" in json.load(f)  # trust_remote_code keeps working too
         save_file({"x": x}, os.path.join(root, f"{folder}-inputs.safetensors"))
-        row["folder"], row["expected"] = f"{folder}:{library}", _call(result.model, x, library)
+        row["folder"], row["expected"] = f"{folder}:{library}", _logits(result.model, x)
     except hm.UnsupportedModuleError as e:
         row.update(status="refused", module=e.path, reason=str(e))
     row["seconds"] = round(time.perf_counter() - start, 2)
