@@ -183,26 +183,6 @@ def test_cross_attention_and_decoders_are_refused_untouched():
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
-@pytest.mark.parametrize("make", ["LlamaForSequenceClassification", "LlamaForCausalLM", "GPT2LMHeadModel"])
-def test_decoder_llms_are_refused_before_tracing_with_the_attention_named(make):
-    """Their configs do not say is_decoder; their attention modules say is_causal. Without the guard tracing failed
-    deep inside Torch-Pruning ('tuple' object has no attribute 'grad_fn') or hung."""
-    import transformers
-    torch.manual_seed(0)
-    if make.startswith("Llama"):
-        config = transformers.LlamaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                          num_key_value_heads=2, intermediate_size=64, num_labels=2, pad_token_id=0)
-    else:
-        config = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, bos_token_id=0,
-                                         eos_token_id=0)
-    model = getattr(transformers, make)(config).eval()
-    x = {"input_ids": torch.randint(1, 100, (1, 8))}
-    named = r"module '(model\.layers\.0\.self_attn|transformer\.h\.0\.attn)' .*causal"
-    for call in (lambda: hm.prune_to_speedup(model, x, 1.5), lambda: hm.model_to_graph(model, x)):
-        with pytest.raises(hm.UnsupportedModuleError, match=named):
-            call()
-
-
 class FixedHeadAttention(nn.Module):
     """An attention implementation that reshapes with a head count fixed at construction."""
 

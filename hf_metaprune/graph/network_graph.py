@@ -313,6 +313,9 @@ def _split_attention_spaces(spaces: ChannelSpaces, model: nn.Module) -> dict[str
     names = {m: n for n, m in model.named_modules()}
     attention = find_attention_modules(model)
     for a in attention:
+        if a.causal:
+            raise UnsupportedModuleError(a.path, a.module, "the graph adapter does not cover decoder (causal) "
+                                                           "attention yet: prune decoder LLMs with prune_to_speedup")
         if a.fused:
             nodes = spaces.dims.get((names[a.projections[0]], "out"))
             if nodes is None or (nodes < 0).any() or len(set(nodes.tolist())) != nodes.numel():

@@ -8,6 +8,8 @@ reading state_dict order or writing per-architecture converters.
 from __future__ import annotations
 
 import inspect
+import types
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +20,7 @@ from torch.func import functional_call
 from torch.nn.utils import parametrize
 from transformers import PreTrainedModel
 
-from .attention import find_attention_modules
+from .attention import AttentionModule, find_attention_modules
 from .errors import UnsupportedModuleError
 
 ROOT_MODULE_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
@@ -177,27 +179,58 @@ def build_dependency_graph(model: nn.Module, example_inputs: Any) -> tp.Dependen
     Torch-Pruning traces through autograd, so frozen parameters are unfrozen for the trace and refrozen after.
     Per-head tables (a relative position bias, ``[..., heads]``) are the opposite: indexed by head, not by channel,
     and added to the attention scores through reshapes Torch-Pruning would misread as channel mappings, so they are
-    left out of the trace (no gradient) and the pruner slices them itself.
+    left out of the trace (no gradient) and the pruner slices them itself. Decoder attention is traced as
+    ``output(query(x))`` (see :func:`_queries_to_output`).
     Example inputs and modules are checked first, so bad input gets an error naming it, not a trace failure.
     """
     check_supported_modules(model)
     check_example_inputs(model, example_inputs)
-    per_head = [getattr(m, n) for a in find_attention_modules(model) for _, m, n in a.per_head]
+    attention = find_attention_modules(model)
+    per_head = [getattr(m, n) for a in attention for _, m, n in a.per_head]
     untraced = {id(p) for p in per_head}
+    decoder = [a for a in attention if a.causal]
+    inputs, output_transform = _decoder_trace_inputs(model, example_inputs) if decoder else (example_inputs, None)
     was_training = model.training
     frozen = {id(p) for p in model.parameters() if not p.requires_grad}
     model.eval()
     try:
         for p in model.parameters():
             p.requires_grad_(id(p) not in untraced)
-        with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
+        with torch.enable_grad(), _queries_to_output(decoder):
+            return tp.DependencyGraph().build_dependency(model, example_inputs=inputs,
+                                                         output_transform=output_transform,
                                                          customized_pruners=CUSTOMIZED_PRUNERS,
                                                          ignored_params=per_head or None)
     finally:
         model.train(was_training)
         for p in model.parameters():
             p.requires_grad_(id(p) not in frozen)
+
+
+def _decoder_trace_inputs(model: nn.Module, example_inputs: Any) -> tuple[Any, Any]:
+    """A causal LM traces without its KV cache (not a tensor), from its logits."""
+    if isinstance(example_inputs, dict) and "use_cache" in inspect.signature(model.forward).parameters:
+        example_inputs = {**example_inputs, "use_cache": False}
+    return example_inputs, lambda out: getattr(out, "logits", out)
+
+
+@contextmanager
+def _queries_to_output(attention: list[AttentionModule]):
+    """Decoder attention as the tracer should see it: ``output(query(x))``. Rotary embeddings (which Torch-Pruning's
+    group search cannot get through) and the key/value heads shared by several query heads (which it maps onto the
+    wrong channels) stay out of the trace; keys and values follow the queries (see :class:`HeadLayout`)."""
+    def forward(self, hidden_states, *args, **kwargs):
+        a = modules[self]
+        return a.output(a.projections[0](hidden_states)), None
+
+    modules = {a.module: a for a in attention}
+    for m in modules:
+        m.forward = types.MethodType(forward, m)
+    try:
+        yield
+    finally:
+        for m in modules:
+            del m.forward
 
 
 def trace_channel_spaces(model: nn.Module, example_inputs: Any, dg: tp.DependencyGraph | None = None) -> ChannelSpaces:

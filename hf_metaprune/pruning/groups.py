@@ -93,9 +93,11 @@ class ChannelGroups:
         return removed
 
     @classmethod
-    def from_model(cls, model: nn.Module, example_inputs: Any) -> "ChannelGroups":
+    def from_model(cls, model: nn.Module, example_inputs: Any, head_granularity: str = "kv_group"
+                   ) -> "ChannelGroups":
         """The groups :func:`~hf_metaprune.prune_to_speedup` prunes, with the same units (channels or heads)."""
-        return cls.from_coupled_groups(model, example_inputs, *coupled_groups(model, example_inputs))
+        return cls.from_coupled_groups(model, example_inputs,
+                                       *coupled_groups(model, example_inputs, head_granularity))
 
     @classmethod
     def from_coupled_groups(cls, model: nn.Module, example_inputs: Any, dg: tp.DependencyGraph, tp_groups: list,
@@ -123,6 +125,7 @@ class ChannelGroups:
                     continue
                 if target not in names:
                     continue
+                slices += _follower_slices(layouts.get(target), is_out, idx, unit, offset)
                 for pname, p in target.named_parameters(recurse=False):
                     full = f"{names[target]}.{pname}" if names[target] else pname
                     bias = pname == "bias"
@@ -289,6 +292,23 @@ class ChannelGroups:
         return out
 
 
+def _follower_slices(layout: HeadLayout | None, is_out: bool, idx: torch.Tensor, unit: torch.Tensor,
+                     offset: int) -> list[_Slice]:
+    """A decoder's key/value projections, left out of the trace: their input columns go with the query projection's
+    (``is_out=False``), their rows with the unit owning their head (``layout.follower_rows`` rows each)."""
+    if layout is None or not layout.followers or (is_out and not layout.follower_rows):
+        return []
+    out = []
+    for name, linear in layout.followers:
+        if not is_out:
+            out.append(_Slice(f"{name}.weight", 1, idx, unit))
+            continue
+        rows = torch.arange(linear.out_features)
+        out += [_Slice(f"{name}.{pname}", 0, rows, rows // layout.follower_rows + offset, pname == "bias")
+                for pname, _ in linear.named_parameters(recurse=False)]
+    return out
+
+
 def _layers(model: nn.Module, names: dict[nn.Module, str], slices: list[_Slice],
             layer_macs: dict[nn.Module, float], num_units: int) -> list[_Layer]:
     """The MACs model: every leaf layer with MACs and the units on its input / output channel dimensions."""
@@ -393,13 +413,23 @@ def head_size(dg: tp.DependencyGraph, group, layouts: dict[nn.Module, HeadLayout
     return layout.head_dim if layout else 1
 
 
-def coupled_groups(model: nn.Module, example_inputs: Any
+def coupled_groups(model: nn.Module, example_inputs: Any, head_granularity: str = "kv_group"
                    ) -> tuple[tp.DependencyGraph, list, dict[nn.Module, HeadLayout]]:
     """Torch-Pruning's dependency graph of ``model``, its prunable coupled groups (the order every method and
-    :class:`ChannelGroups` index them by) and the head layout of each attention projection."""
-    dg = build_dependency_graph(model, example_inputs)
+    :class:`ChannelGroups` index them by) and the head layout of each traced attention projection."""
     attention = find_attention_modules(model)
-    return dg, prunable_groups(dg, ignored=set(), prune_hidden=not attention)[0], head_layouts(attention)
+    layouts = head_layouts(attention, head_granularity)
+    dg = build_dependency_graph(model, example_inputs)
+    untouchable = {model.get_submodule(n.rpartition(".")[0]) for names in tied_parameters(model) for n in names}
+    return dg, prunable_groups(dg, ignored=set(), prune_hidden=not attention, untouchable=untouchable)[0], layouts
+
+
+def tied_parameters(model: nn.Module) -> list[list[str]]:
+    """Names sharing one Parameter object (e.g. tied input/output embeddings)."""
+    by_id: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(name)
+    return [names for names in by_id.values() if len(names) > 1]
 
 
 def unit_channel_indices(dg: tp.DependencyGraph, group, units, layouts: dict[nn.Module, HeadLayout]) -> list[int]:

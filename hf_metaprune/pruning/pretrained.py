@@ -25,7 +25,8 @@ from ..graph.attention import find_attention_modules, sync_head_counts
 from . import shapes as shapes_module
 from .shapes import freeze, frozen_parameters, shrink_to_shapes
 
-PRUNED_FIELDS = ("pruned_shapes", "pruned_attention_heads", "frozen_parameters", "auto_map")
+PRUNED_FIELDS = ("pruned_shapes", "pruned_attention_heads", "pruned_key_value_heads", "frozen_parameters",
+                 "auto_map")
 REMOTE_CODE_FILE = "modeling_metaprune.py"
 HUB_KWARGS = ("repo_id", "commit_message", "commit_description", "private", "token", "revision", "create_pr", "tags")
 _PRUNED_CLASSES: dict[type, type] = {}
@@ -163,8 +164,11 @@ def attach_pruned_config(model: PreTrainedModel) -> PreTrainedModel:
         reference = base_class(base_class.config_class(**fields))
     ref_shapes = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
     shapes = {k: list(v.shape) for k, v in model.state_dict().items() if tuple(v.shape) != ref_shapes.get(k)}
-    heads = sync_head_counts(find_attention_modules(model))
-    config = cls.config_class(**fields, pruned_shapes=shapes, pruned_attention_heads=heads)
+    attention = find_attention_modules(model)
+    heads = sync_head_counts(attention)
+    kv_heads = {a.path: a.num_key_value_heads for a in attention if a.causal}  # decoders: per layer
+    config = cls.config_class(**fields, pruned_shapes=shapes, pruned_attention_heads=heads,
+                              **({"pruned_key_value_heads": kv_heads} if kv_heads else {}))
     config.architectures = [cls.__name__]
     old = model.config
     config._attn_implementation = old._attn_implementation  # not part of to_dict(): keep the same kernels
@@ -183,9 +187,13 @@ def _shrink_to_config(model: nn.Module, config) -> None:
         shrink_to_shapes(model, shapes, heads)
     except (AttributeError, StopIteration) as e:
         raise ValueError(f"the pruned config does not fit {type(model).__name__}: {e}") from e
+    kv_heads = getattr(config, "pruned_key_value_heads", None) or {}
     for a in find_attention_modules(model):
         if a.num_heads != heads.get(a.path, a.num_heads):
             raise ValueError(f"config says {heads[a.path]} heads for '{a.path}', its projections hold {a.num_heads}")
+        if a.causal and a.num_key_value_heads != kv_heads.get(a.path, a.num_key_value_heads):
+            raise ValueError(f"config says {kv_heads[a.path]} key/value heads for '{a.path}', its projections hold "
+                             f"{a.num_key_value_heads}")
 
 
 def _remote_code(base_config: type, base_class: type, config_name: str, class_name: str, model_type: str) -> str:

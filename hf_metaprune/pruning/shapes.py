@@ -12,6 +12,7 @@ from torch import nn
 HEAD_COUNT_ATTRS = ("num_attention_heads", "num_heads", "n_heads")
 HEAD_SIZE_ATTRS = ("head_dim", "attention_head_size")
 HEAD_TOTAL_ATTRS = ("all_head_size", "attn_dim")
+KEY_NAMES = ("k_proj", "key", "k_lin")
 
 
 def shrink_to_shapes(model: nn.Module, shapes: dict, head_counts: dict) -> None:
@@ -49,6 +50,9 @@ def shrink_to_shapes(model: nn.Module, shapes: dict, head_counts: dict) -> None:
         for attr in HEAD_TOTAL_ATTRS:
             if hasattr(m, attr):
                 setattr(m, attr, heads * head_dim)
+        key = next((getattr(m, n) for n in KEY_NAMES if isinstance(getattr(m, n, None), nn.Linear)), None)
+        if hasattr(m, "num_key_value_groups") and key is not None:  # decoders: query heads per key/value head
+            m.num_key_value_groups = heads // (key.out_features // head_dim)
 
 
 def frozen_parameters(model: nn.Module) -> list[str]:

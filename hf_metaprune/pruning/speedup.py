@@ -18,13 +18,13 @@ import torch_pruning as tp
 from torch import nn
 from transformers import PreTrainedModel
 
-from ..graph.attention import find_attention_modules, head_layouts, sync_head_counts
+from ..graph.attention import HeadLayout, find_attention_modules, head_layouts, sync_head_counts
 from ..graph.errors import UnsupportedModuleError
 from ..graph.tracing import (build_dependency_graph, call_model, channel_dim_size,
                              check_supported_modules)
 from .cost import count_macs, count_macs_and_params
 from .groups import (ChannelGroups, coupled_groups, group_layout, head_size, num_channel_groups, prunable_groups,
-                     unit_channel_indices)
+                     tied_parameters, unit_channel_indices)
 from .pretrained import attach_pruned_config
 
 logger = logging.getLogger(__name__)
@@ -122,6 +122,7 @@ def prune_to_speedup(
     inplace: bool = False,
     prune_hidden: bool | None = None,
     round_to: int | None = None,
+    head_granularity: str = "kv_group",
 ) -> PruneResult:
     """Structurally prune ``model`` until MACs(before) / MACs(after) reaches ``speed_up``.
 
@@ -140,6 +141,9 @@ def prune_to_speedup(
             less latency when widths fit the kernels' tiles. Groups narrower than ``round_to`` are left whole,
             heads stay whole heads; units then go in chunks, so the speed-up can land above the tolerance
             (``PruneResult.note`` says so).
+        head_granularity: decoders with grouped-query attention — ``"kv_group"`` removes whole key/value groups
+            (a key and a value head with the query heads reading them), ``"query"`` removes the same number of query
+            heads from every group and keeps the key/value heads.
 
     Attention heads (found by :func:`find_attention_modules`) are pruned whole, ranked against MLP neurons and
     channels by the same normalised group criterion; a pruned 🤗 ``PreTrainedModel`` gets a config that rebuilds it
@@ -159,7 +163,8 @@ def prune_to_speedup(
     check_supported_modules(model)  # before the copy: old-style weight norm cannot even be deep-copied
     pruned, macs0, macs, params0, steps, note = _prune_copy(
         model, example_inputs, ignored_names, speed_up=speed_up, importance=importance, tolerance=tolerance,
-        max_pruning_ratio=max_pruning_ratio, max_steps=max_steps, prune_hidden=prune_hidden, round_to=round_to or 1)
+        max_pruning_ratio=max_pruning_ratio, max_steps=max_steps, prune_hidden=prune_hidden, round_to=round_to or 1,
+        head_granularity=head_granularity)
     if inplace:  # swap the pruned modules in only now: a failure above leaves the caller's model untouched
         model.__dict__.update(pruned.__dict__)
         model.__class__ = pruned.__class__
@@ -170,12 +175,13 @@ def prune_to_speedup(
 
 def _prune_copy(model: nn.Module, example_inputs: Any, ignored_names: set[str], speed_up: float, importance,
                 tolerance: float, max_pruning_ratio: float, max_steps: int, prune_hidden: bool | None,
-                round_to: int = 1) -> tuple[nn.Module, float, float, int, int, str]:
+                round_to: int = 1, head_granularity: str = "kv_group"
+                ) -> tuple[nn.Module, float, float, int, int, str]:
     """The pruning loop, on a copy of ``model``: a failure leaves the input untouched."""
     model = copy.deepcopy(model)  # pruned on a copy: a failure leaves the input untouched
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     attention = find_attention_modules(model)  # raises for attention that cannot be head-pruned
-    layouts = head_layouts(attention)
+    layouts = head_layouts(attention, head_granularity)
     prune_hidden = not attention if prune_hidden is None else prune_hidden
     dg = build_dependency_graph(model, example_inputs)  # checks the example inputs first
     macs, layer_macs = count_macs(model, example_inputs)  # one counting forward serves the start and step 1
@@ -183,14 +189,14 @@ def _prune_copy(model: nn.Module, example_inputs: Any, ignored_names: set[str], 
     target, floor = macs0 / speed_up, macs0 / (speed_up * (1 + tolerance))
     ignored = {model.get_submodule(n) for n in ignored_names}
     # never touched in any role: pruning one side of tied weights would untie them
-    untouchable = {model.get_submodule(n.rpartition(".")[0]) for names in _tied_parameters(model) for n in names}
+    untouchable = {model.get_submodule(n.rpartition(".")[0]) for names in tied_parameters(model) for n in names}
     initial: dict[int, int] = {}
     steps, note = 0, ""
     while macs > target:
         if steps >= max_steps:
             raise RuntimeError(f"did not reach {speed_up}x in {max_steps} steps (at {macs0 / macs:.3f}x)")
         groups, excluded = prunable_groups(dg, ignored, prune_hidden, untouchable)
-        head_costs = _attention_macs_per_head(attention, layer_macs)
+        head_costs = _attention_macs_per_head(attention, layer_macs, layouts)
         candidates = []
         for gi, group in enumerate(groups):
             candidates += _group_candidates(dg, group, gi, importance, layer_macs, initial, max_pruning_ratio,
@@ -217,16 +223,36 @@ def _prune_copy(model: nn.Module, example_inputs: Any, ignored_names: set[str], 
 
 def _prune_units(dg: tp.DependencyGraph, group, units: list[int], layouts: dict) -> None:
     idxs = unit_channel_indices(dg, group, units, layouts)
+    pruning_group = dg.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs)
+    layout = group_layout(dg, group, layouts)
+    # a decoder's keys and values, outside the trace: their input columns follow the query projection's, their
+    # rows the removed key/value groups
+    followers = [(linear, 1, item.idxs) for item in pruning_group if item.dep.target.module in layouts
+                 and not dg.is_out_channel_pruning_fn(item.dep.handler)
+                 for _, linear in layouts[item.dep.target.module].followers]
+    if layout is not None and layout.follower_rows:
+        rows = [u * layout.follower_rows + i for u in units for i in range(layout.follower_rows)]
+        followers += [(linear, 0, rows) for _, linear in layout.followers]
     try:
-        dg.get_pruning_group(group[0].dep.target.module, group[0].dep.handler, idxs).prune()
+        pruning_group.prune()
     except (IndexError, RuntimeError) as e:
         raise _untraceable(dg, group, e) from e
-    layout = group_layout(dg, group, layouts)
+    for linear, dim, idxs in followers:
+        _remove_indices(linear, dim, idxs)
     for _, module, attr in layout.per_head if layout else ():  # per-head tables lose the removed heads' entries too
         p = getattr(module, attr)
         keep = torch.tensor(sorted(set(range(p.shape[-1])) - set(units)))
         setattr(module, attr, nn.Parameter(p.data.index_select(p.dim() - 1, keep).clone(),
                                            requires_grad=p.requires_grad))
+
+
+def _remove_indices(linear: nn.Linear, dim: int, idxs: list[int]) -> None:
+    """Drop output rows (``dim=0``, with the bias) or input columns (``dim=1``) ``idxs`` of ``linear``."""
+    keep = torch.tensor(sorted(set(range(linear.weight.shape[dim])) - set(idxs)), device=linear.weight.device)
+    for name, p in list(linear.named_parameters(recurse=False)):
+        if dim == 0 or p.dim() > 1:
+            setattr(linear, name, nn.Parameter(p.data.index_select(dim, keep).clone(), requires_grad=p.requires_grad))
+    linear.out_features, linear.in_features = linear.weight.shape
 
 
 def _finish(model: nn.Module, frozen: set[str], attention: list) -> None:
@@ -241,7 +267,7 @@ def _finish(model: nn.Module, frozen: set[str], attention: list) -> None:
 
 
 def prune_to_widths(model: nn.Module, example_inputs: Any, widths, keep: str = "first",
-                    inplace: bool = False) -> PruneResult:
+                    inplace: bool = False, head_granularity: str = "kv_group") -> PruneResult:
     """Prune every coupled group of ``model`` to an explicit width (a searched structure).
 
     ``widths`` holds one unit count per group, in :class:`~hf_metaprune.ChannelGroups` order (its
@@ -256,7 +282,7 @@ def prune_to_widths(model: nn.Module, example_inputs: Any, widths, keep: str = "
     pruned = copy.deepcopy(model)
     frozen = {n for n, p in pruned.named_parameters() if not p.requires_grad}
     attention = find_attention_modules(pruned)
-    dg, tp_groups, layouts = coupled_groups(pruned, example_inputs)
+    dg, tp_groups, layouts = coupled_groups(pruned, example_inputs, head_granularity)
     groups = ChannelGroups.from_coupled_groups(pruned, example_inputs, dg, tp_groups, layouts)
     removed = groups.removed_for_widths(widths, dict(pruned.named_parameters()) if keep == "group_l2" else None)
     macs0, params0 = count_macs_and_params(pruned, example_inputs)
@@ -275,16 +301,11 @@ def prune_to_widths(model: nn.Module, example_inputs: Any, widths, keep: str = "
     return PruneResult(pruned, macs0, macs, params0, params, 1, module_widths(pruned))
 
 
-def _tied_parameters(model: nn.Module) -> list[list[str]]:
-    """Names sharing one Parameter object (e.g. tied input/output embeddings)."""
-    by_id: dict[int, list[str]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        by_id.setdefault(id(p), []).append(name)
-    return [names for names in by_id.values() if len(names) > 1]
-
-
-def _attention_macs_per_head(attention: list, layer_macs: dict[nn.Module, float]) -> dict[nn.Module, float]:
-    """Per attention module, the MACs of q·kᵀ and attention·v (its own, outside its projections) per head.
+def _attention_macs_per_head(attention: list, layer_macs: dict[nn.Module, float],
+                             layouts: dict[nn.Module, HeadLayout]) -> dict[nn.Module, float]:
+    """Per traced projection, the MACs one pruning unit (a head, a decoder's key/value group or query head in every
+    group) frees outside the traced layers: its share of q·kᵀ and attention·v, and of the key/value projections
+    that follow a decoder's queries.
 
     Removing a head removes its share of those too; counting only the projections makes heads look cheaper
     than they are and the last pruning step overshoot.
@@ -292,8 +313,12 @@ def _attention_macs_per_head(attention: list, layer_macs: dict[nn.Module, float]
     out = {}
     for a in attention:
         own = layer_macs.get(a.module, 0.0) - sum(layer_macs.get(c, 0.0) for c in a.module.children())
-        for p in a.projections:
-            out[p] = max(own, 0.0) / max(a.num_heads, 1)
+        per_head = max(own, 0.0) / max(a.num_heads, 1)
+        for p in a.traced_projections:
+            layout = layouts[p]
+            heads = layout.head_dim // a.head_dim * (layout.parts if a.causal else 1)
+            follow = sum(layer_macs.get(f, 0.0) * layout.follower_rows / f.out_features for _, f in layout.followers)
+            out[p] = per_head * heads + follow
     return out
 
 
@@ -358,10 +383,13 @@ def _group_candidates(dg, group, gi, importance, layer_macs, initial, max_ratio,
         if not isinstance(m, nn.Module) or m in seen or m not in layer_macs:
             continue
         seen.add(m)
-        dim = channel_dim_size(m, dg.is_out_channel_pruning_fn(item.dep.handler))
+        is_out = dg.is_out_channel_pruning_fn(item.dep.handler)
+        dim = channel_dim_size(m, is_out)
         if dim:
             cost += layer_macs[m] * (len(item.idxs) / dim) / size
-    if unit > 1:  # q·kᵀ and attention·v of one head
+        if m in layouts and not is_out:  # a decoder's keys and values read the same input columns as its queries
+            cost += sum(layer_macs.get(f, 0.0) * (len(item.idxs) / dim) / size for _, f in layouts[m].followers)
+    if unit > 1:  # q·kᵀ and attention·v of one head (and a decoder's key/value rows)
         cost += next((head_costs[it.dep.target.module] for it in group if it.dep.target.module in head_costs), 0.0)
     protected = _last_channel_of_each_part(group, imp, size, unit)
     order = [i for i in torch.argsort(imp).tolist() if i not in protected][:prunable]
