@@ -7,9 +7,10 @@ from . import models  # registers the CIFAR models with timm
 from .graph import NetworkGraph, UnsupportedModuleError, graph_to_model, model_to_graph
 from .pruning import (ChannelGroups, PruneResult, count_macs_and_params, load_pruned, measure_latency, module_widths,
                       prune_to_speedup, prune_to_widths, save_pruned)
-from .data import load_image_classification, load_text_classification
+from .data import load_image_classification, load_text_classification, load_text_corpus
 from .env import library_versions
-from .training import DataModelZoo, evaluate_accuracy, finetune, prune_and_finetune, train_zoo
+from .training import (DataModelZoo, evaluate_accuracy, finetune, finetune_causal_lm, perplexity, prune_and_finetune,
+                       train_zoo)
 from .methods import get_method
 from .methods.metapruner import (MetaPrunerConfig, MetaPrunerModel, MetaPrunerTrainer, MetaPrunerTrainingArguments,
                                  meta_train)
@@ -33,16 +34,19 @@ __all__ = [
     "count_macs_and_params",
     "evaluate_accuracy",
     "finetune",
+    "finetune_causal_lm",
     "get_method",
     "graph_to_model",
     "library_versions",
     "load_image_classification",
     "load_text_classification",
+    "load_text_corpus",
     "load_pruned",
     "measure_latency",
     "meta_train",
     "model_to_graph",
     "module_widths",
+    "perplexity",
     "prune_and_finetune",
     "prune_to_speedup",
     "prune_to_widths",

@@ -5,7 +5,8 @@ collator (random crop with zero padding, horizontal flip, normalisation). Decodi
 would cost more CPU than training a CIFAR ResNet-20 on two cores. Texts are tokenized once (with a given
 tokenizer, or a WordPiece vocabulary trained on the training split when none is reachable offline) and padded
 per batch. Both kinds expose the same interface (splits, ``collator``, ``example_inputs``, ``num_classes``), so
-finetuning, meta-training and the pruning pipeline take either.
+finetuning, meta-training and the pruning pipeline take either. Any text column also serves as a causal-LM corpus
+(:func:`load_text_corpus`: token blocks, for decoder LLMs).
 
 Bad input fails at load time with an error naming the file, split, column and row and what was expected: files
 named after no split, missing shards, empty or unreadable parquet files, missing / non-integer / out-of-range labels,
@@ -606,3 +607,113 @@ def load_text_classification(
 
 
 ClassificationData = ImageClassificationData | TextClassificationData  # what finetuning and meta-training take
+
+
+class TokenBlockDataset(torch.utils.data.Dataset):
+    """A token stream cut into equal blocks (``[N, block_size]``); items are causal-LM examples (labels = inputs:
+    🤗 causal LMs shift them themselves)."""
+
+    def __init__(self, blocks: torch.Tensor):
+        if blocks.dtype != torch.long or blocks.dim() != 2 or not len(blocks):
+            raise ValueError("blocks must be a non-empty LongTensor [N, block_size]")
+        self.blocks = blocks
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.blocks[i], "labels": self.blocks[i]}
+
+    def subset(self, n: int) -> "TokenBlockDataset":
+        return TokenBlockDataset(self.blocks[:n])
+
+    @property
+    def num_tokens(self) -> int:
+        return self.blocks.numel()
+
+
+def _stack_blocks(items: list[dict]) -> dict[str, torch.Tensor]:
+    ids = torch.stack([it["input_ids"] for it in items])
+    return {"input_ids": ids, "labels": ids.clone()}
+
+
+@dataclass
+class LanguageModelingData:
+    """A text corpus for causal language models: train / validation (texts carved from train before tokenizing, so
+    no block straddles the two) / test token blocks and their tokenizer."""
+
+    train: TokenBlockDataset
+    validation: TokenBlockDataset
+    test: TokenBlockDataset | None
+    tokenizer: "PreTrainedTokenizerBase"  # noqa: F821
+
+    @property
+    def block_size(self) -> int:
+        return self.train.blocks.shape[1]
+
+    def collator(self, augment: bool = False, generator: torch.Generator | None = None):
+        """Stack blocks (all of one length: no padding). ``augment`` / ``generator``: interface parity."""
+        return _stack_blocks
+
+    def example_inputs(self, batch_size: int = 1, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+        """Validation blocks (no labels), for tracing and MACs counting."""
+        return {"input_ids": self.validation.blocks[:batch_size].to(device)}
+
+
+def load_text_corpus(
+    source: str,
+    tokenizer=None,
+    block_size: int = 64,
+    val_size: int | float = 0.05,
+    seed: int = 0,
+    max_train_samples: int | None = None,
+    max_test_samples: int | None = None,
+    text_column: str | None = None,
+    vocab_size: int = 4000,
+) -> LanguageModelingData:
+    """A language-modelling corpus from the texts of any dataset (a local folder / parquet file or a Hub id; labels,
+    if any, are ignored): e.g. the sentences of ``../shared/data/sst2``.
+
+    ``val_size`` texts (or a fraction) are carved from train by a seeded permutation before anything is tokenized;
+    ``tokenizer`` as in :func:`load_text_classification` (None: a WordPiece vocabulary trained on the training texts
+    only). Each text is tokenized with its special tokens (``[CLS] … [SEP]`` marks where one ends and the next
+    begins), the texts of a split are concatenated in order and cut into blocks of ``block_size`` tokens (the
+    remainder dropped).
+    """
+    if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral) or block_size < 2:
+        raise ValueError(f"block_size must be an integer >= 2 (tokens per training example), got {block_size!r}")
+    _check_arguments(val_size, max_train_samples, max_test_samples)
+    raw, files = _load_raw(source)
+    if "train" not in raw:
+        raise ValueError(f"dataset '{source}' has no 'train' split (found {list(raw)}); name its files "
+                         "train.parquet and test.parquet, or train-00000-of-00002.parquet ... (the Hub layout)")
+    column = text_column or _pick_column(raw["train"], TEXT_COLUMNS, "text", source)
+    heads = {"train": max_train_samples, "test": max_test_samples}
+    texts = {}
+    for name in ("train", "test"):
+        if name in raw:
+            split = _Split(name, raw[name], files.get(name, [])).head(heads[name])
+            if column not in split.data.column_names:
+                raise ValueError(f"the {name} split of '{source}' has no text column '{column}' "
+                                 f"(columns: {split.data.column_names})")
+            texts[name] = _texts(split, column)
+    train_idx, val_idx = _carve_validation(len(texts["train"]), val_size, seed)
+    train_texts = [texts["train"][i] for i in sorted(train_idx.tolist())]
+    val_texts = [texts["train"][i] for i in sorted(val_idx.tolist())]
+    if tokenizer is None:
+        tokenizer = train_wordpiece_tokenizer(train_texts, vocab_size)
+    elif isinstance(tokenizer, str):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+
+    def blocks(split: str, rows: list[str]) -> TokenBlockDataset:
+        stream = [t for ids in tokenizer(rows)["input_ids"] for t in ids]
+        n = len(stream) // block_size
+        if n == 0:
+            raise ValueError(f"the {split} texts of '{source}' hold {len(stream)} tokens: fewer than one block of "
+                             f"block_size={block_size}")
+        return TokenBlockDataset(torch.tensor(stream[:n * block_size], dtype=torch.long).view(n, block_size))
+
+    test = blocks("test", texts["test"]) if "test" in texts else None
+    return LanguageModelingData(blocks("train", train_texts), blocks("validation", val_texts), test, tokenizer)
