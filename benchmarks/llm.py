@@ -118,7 +118,8 @@ def main(argv=None) -> dict:
     tok = data.tokenizer
     log(f"{args.dataset}: {data.train.num_tokens} training / {data.validation.num_tokens} validation / "
         f"{data.test.num_tokens} test tokens, vocabulary {len(tok)}")
-    train = dict(batch_size=args.batch_size, learning_rate=args.learning_rate, bf16=args.bf16, disable_tqdm=True)
+    train = dict(batch_size=args.batch_size, learning_rate=args.learning_rate, bf16=args.bf16, disable_tqdm=True,
+                 use_cpu=not torch.cuda.is_available())
     base_dir = os.path.join(args.output_dir, "base")
     if os.path.isfile(os.path.join(base_dir, "config.json")):
         base = tf.AutoModelForCausalLM.from_pretrained(base_dir).eval()

@@ -1,5 +1,5 @@
-"""Which transformers hf_metaprune supports, measured: tiny configs of every common 🤗 encoder family and timm's
-vision transformers, each traced to a graph (bit-exact round trip, every parameter covered), pruned head-aware to
+"""Which transformers hf_metaprune supports, measured: tiny configs of every common 🤗 encoder family, the 🤗 decoder
+LLMs (as sequence classifiers) and timm's vision transformers, each traced to a graph (bit-exact round trip, every parameter covered), pruned head-aware to
 1.5x and 2x MACs (for models with heads, the logits checked against the unpruned model with the removed heads and
 neurons zeroed), saved, and reloaded in a new process (identical logits) — or refused with an
 ``UnsupportedModuleError`` naming the module (by the graph only: then it prunes with DepGraph's criterion but no
@@ -33,6 +33,7 @@ warnings.filterwarnings("ignore", message=".*(unwrapped|jit.script).*")
 
 TEXT = dict(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
             max_position_embeddings=64, num_labels=3)
+DECODER = dict(TEXT, num_key_value_heads=2, pad_token_id=0)
 VISION = dict(image_size=32, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
               intermediate_size=128, num_labels=3)
 TIMM_VIT = dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=4, mlp_ratio=2.0)
@@ -86,6 +87,15 @@ CASES: dict[str, tuple[Callable[[], torch.nn.Module], str, str]] = {
     "ELECTRA": (_hf("ElectraForSequenceClassification", "ElectraConfig", embedding_size=32, **TEXT), "text", "🤗"),
     # a factorised embedding and one layer shared by every pass
     "ALBERT": (_hf("AlbertForSequenceClassification", "AlbertConfig", embedding_size=32, **TEXT), "text", "🤗"),
+    # decoders: causal, rotary, grouped-query attention (4 query / 2 key-value heads), pruned in key/value groups;
+    # no head count on the module (read off the query width); the graph adapter does not cover them yet
+    "Llama": (_hf("LlamaForSequenceClassification", "LlamaConfig", **DECODER), "text", "🤗"),
+    "Qwen2": (_hf("Qwen2ForSequenceClassification", "Qwen2Config", **DECODER), "text", "🤗"),
+    "Mistral": (_hf("MistralForSequenceClassification", "MistralConfig", **DECODER), "text", "🤗"),
+    "Phi": (_hf("PhiForSequenceClassification", "PhiConfig", partial_rotary_factor=0.5, **DECODER), "text", "🤗"),
+    # q/k/v fused in a Conv1D
+    "GPT-2": (_hf("GPT2ForSequenceClassification", "GPT2Config", vocab_size=100, n_embd=64, n_layer=2, n_head=4,
+                  n_positions=64, num_labels=3, pad_token_id=0), "text", "🤗"),
     # fused qkv
     "vit_tiny_patch16_224": (_timm("vit_tiny_patch16_224", **TIMM_VIT), "image", "timm"),
     "deit_tiny_patch16_224": (_timm("deit_tiny_patch16_224", **TIMM_VIT), "image", "timm"),

@@ -129,26 +129,36 @@ def test_tied_embeddings_keep_the_hidden_width_and_stay_tied():
     assert pruned.lm_head.weight is pruned.model.embed_tokens.weight and pruned.lm_head.in_features == 32
 
 
-def test_pruned_decoder_reloads_in_a_new_process(tmp_path):
-    model = tiny("qwen2")
+@pytest.mark.parametrize("name", ["qwen2", "llama-classifier"])
+def test_pruned_decoder_reloads_in_a_new_process(tmp_path, name):
+    """With ``import hf_metaprune`` and with ``trust_remote_code`` alone. A generic head (the classifier) builds its
+    backbone through ``AutoModel.from_config``: that backbone must not shrink itself with the head's shapes."""
+    model = tiny(name)
     weaken(model, heads=[0, 1], kv_heads=[0])
     pruned = hm.prune_to_speedup(model, IDS, 1.6).model
+    assert [a.num_key_value_heads for a in find_attention_modules(pruned)] == [1, 1]
     pruned.save_pretrained(tmp_path)
+    again = type(pruned).from_pretrained(tmp_path).eval()  # in this process too
+    assert torch.equal(logits(again), logits(pruned))
     torch.save(IDS, tmp_path / "ids.pt")
+    causal = name != "llama-classifier"
+    auto = "AutoModelForCausalLM" if causal else "AutoModelForSequenceClassification"
+    generate = "m.generate(x['input_ids'][:1, :4], max_new_tokens=6, do_sample=False)" if causal else "None"
     for extra, env in (("import hf_metaprune; ", dict(os.environ)),  # classes registered by the import
                        ("", {**os.environ, "PYTHONPATH": "", "HF_HUB_OFFLINE": "1"})):  # trust_remote_code alone
         code = (f"{extra}import sys, torch, transformers; "
-                f"m = transformers.AutoModelForCausalLM.from_pretrained({str(tmp_path)!r}, trust_remote_code=True)"
-                f".eval(); x = torch.load({str(tmp_path / 'ids.pt')!r}); "
-                "g = m.generate(x['input_ids'][:1, :4], max_new_tokens=6, do_sample=False); "
-                f"torch.save((m(**x).logits, g), {str(tmp_path / 'out.pt')!r})")
+                f"m = transformers.{auto}.from_pretrained({str(tmp_path)!r}, trust_remote_code=True)"
+                f".eval(); x = torch.load({str(tmp_path / 'ids.pt')!r}); g = {generate}; "
+                f"torch.save((m(**x).logits, g), {str(tmp_path / 'out.pt')!r}); "
+                f"assert ('hf_metaprune' in sys.modules) == {bool(extra)}")
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
                        cwd=str(tmp_path))
         out, generated = torch.load(tmp_path / "out.pt")
         assert torch.equal(out, logits(pruned))
-        with torch.no_grad():
-            assert torch.equal(generated, pruned.generate(IDS["input_ids"][:1, :4], max_new_tokens=6,
-                                                          do_sample=False))
+        if causal:
+            with torch.no_grad():
+                assert torch.equal(generated, pruned.generate(IDS["input_ids"][:1, :4], max_new_tokens=6,
+                                                              do_sample=False))
 
 
 def test_gpt2_and_the_graph_adapter_refuse_with_the_attention_named():

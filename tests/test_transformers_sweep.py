@@ -11,7 +11,10 @@ SWEEP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
                      "transformers_sweep.py")
 REFUSED = {  # model: module named in the error
     "BEiT, shared relative position bias": "beit.shared_position_bias",  # one table for every layer's heads
+    "GPT-2": "transformer.h.0.attn",  # q/k/v fused in a Conv1D
 }
+PRUNING_ONLY = {  # decoders: pruned head-aware, but the graph adapter (the metanetwork's input) refuses them
+    name: "model.layers.0.self_attn" for name in ("Llama", "Qwen2", "Mistral", "Phi")}
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +33,12 @@ def test_every_supported_family_round_trips_prunes_and_reloads_in_a_new_process(
     for name, r in rows.items():
         if name in REFUSED:
             continue
-        assert r["status"] == "supported", (name, r.get("reason"), r.get("graph_reason"))
-        assert r["round_trip"] and r["coverage"], name
+        if name in PRUNING_ONLY:
+            assert r["status"] == "pruning only" and r["graph_module"] == PRUNING_ONLY[name], (name, r.get("reason"))
+            assert "graph adapter" in r["graph_reason"], name
+        else:
+            assert r["status"] == "supported", (name, r.get("reason"), r.get("graph_reason"))
+            assert r["round_trip"] and r["coverage"], name
         for target in (1.5, 2.0):
             achieved, note = r[f"speed_up_{target:g}x"], r[f"note_{target:g}x"]
             assert achieved >= target and (achieved <= target * 1.01 or "closest above" in note), name
@@ -42,7 +49,8 @@ def test_every_supported_family_round_trips_prunes_and_reloads_in_a_new_process(
         if r["library"] == "🤗":
             assert r["pruned_class"].startswith("MetaPruned") and r["auto_map"], name
     assert rows["ViT"]["heads_2x"] < rows["ViT"]["heads"]  # heads do go, not only MLP neurons
-    for name in ("vit_tiny_patch16_224", "Swin", "swin_tiny_patch4_window7_224"):  # fused qkv; per-head tables
+    for name in ("vit_tiny_patch16_224", "Swin", "swin_tiny_patch4_window7_224", "Phi"):  # fused qkv;
+        # per-head tables; grouped-query attention (a key/value group is 2 query heads)
         assert rows[name]["heads_2x"] < rows[name]["heads"], name
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+import threading
 
 import torch
 from safetensors import SafetensorError
@@ -30,6 +31,7 @@ PRUNED_FIELDS = ("pruned_shapes", "pruned_attention_heads", "pruned_key_value_he
 REMOTE_CODE_FILE = "modeling_metaprune.py"
 HUB_KWARGS = ("repo_id", "commit_message", "commit_description", "private", "token", "revision", "create_pr", "tags")
 _PRUNED_CLASSES: dict[type, type] = {}
+_BUILDING = threading.local()
 
 
 def pruned_model_class(base_class: type[PreTrainedModel]) -> type[PreTrainedModel]:
@@ -48,8 +50,14 @@ def pruned_model_class(base_class: type[PreTrainedModel]) -> type[PreTrainedMode
         AutoConfig.register(model_type, config_class, exist_ok=True)
 
     def __init__(self, config, *args, **kwargs):
-        base_class.__init__(self, config, *args, **kwargs)
-        _shrink_to_config(self, config)
+        outermost = not getattr(_BUILDING, "active", False)
+        _BUILDING.active = True  # a generic head (LlamaForSequenceClassification) builds its backbone through
+        try:  # AutoModel.from_config, i.e. as a MetaPruned model too: only the outermost one shrinks (its shapes)
+            base_class.__init__(self, config, *args, **kwargs)
+        finally:
+            _BUILDING.active = not outermost
+        if outermost:
+            _shrink_to_config(self, config)
 
     autos = [auto for auto, members in _auto_mappings(base_config) if base_class in members]
 
@@ -73,7 +81,8 @@ def pruned_model_class(base_class: type[PreTrainedModel]) -> type[PreTrainedMode
         self.config.frozen_parameters = frozen_parameters(self)  # requires_grad survives the reload
         self.config.auto_map = {"AutoConfig": f"{remote}.{config_class.__name__}",
                                 **{a.__name__: f"{remote}.{type(self).__name__}" for a in autos}}
-        code = _remote_code(base_config, base_class, config_class.__name__, type(self).__name__, model_type)
+        backbone = next((m[0] for a, m in _auto_mappings(base_config) if a.__name__ == "AutoModel" and m), None)
+        code = _remote_code(base_config, base_class, config_class.__name__, type(self).__name__, model_type, backbone)
         hub = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs} if push_to_hub else {}
         with atomic_update(path) as tmp:
             base_class.save_pretrained(self, tmp, *args, is_main_process=is_main_process, **kwargs)
@@ -116,6 +125,9 @@ def pruned_model_class(base_class: type[PreTrainedModel]) -> type[PreTrainedMode
         if base_class in members:  # an Auto class mapping to several classes (DeiT) gets them all, pruned
             pruned = tuple(pruned_model_class(m) for m in members)
             auto.register(config_class, pruned if len(pruned) > 1 else pruned[0], exist_ok=True)
+    for _, members in _auto_mappings(base_config):  # and every other head and the backbone of this config: a
+        for member in members:  # generic head builds its backbone through AutoModel.from_config(pruned config)
+            pruned_model_class(member)
     return cls
 
 
@@ -196,15 +208,27 @@ def _shrink_to_config(model: nn.Module, config) -> None:
                              f"{a.num_key_value_heads}")
 
 
-def _remote_code(base_config: type, base_class: type, config_name: str, class_name: str, model_type: str) -> str:
-    """``modeling_metaprune.py``: the shrinking code (plain torch) and the two classes, for trust_remote_code."""
+def _remote_code(base_config: type, base_class: type, config_name: str, class_name: str, model_type: str,
+                 backbone: type | None = None) -> str:
+    """``modeling_metaprune.py``: the shrinking code (plain torch) and the two classes, for trust_remote_code; the
+    config's ``AutoModel`` is registered too where transformers has one (``backbone``): generic heads such as
+    ``LlamaForSequenceClassification`` build their backbone through ``AutoModel.from_config``."""
+    register = "" if backbone is None or backbone is base_class else f"""
+
+class _Backbone({backbone.__name__}):  # built unshrunk inside the head, which shrinks as a whole
+    config_class = {config_name}
+
+
+AutoModel.register({config_name}, _Backbone, exist_ok=True)"""
+    imports = ", ".join(dict.fromkeys(c.__name__ for c in (base_config, base_class, backbone) if c is not None))
     return f"""{inspect.getsource(shapes_module)}
 
-from transformers import {base_config.__name__}, {base_class.__name__}  # noqa: E402
+from transformers import AutoModel, {imports}  # noqa: E402
 
 
 class {config_name}({base_config.__name__}):
     model_type = "{model_type}"
+{register}
 
 
 class {class_name}({base_class.__name__}):
