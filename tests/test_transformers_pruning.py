@@ -226,6 +226,46 @@ class FusedQueryKeyAttention(FixedHeadAttention):
         return self.o_proj(y.transpose(1, 2).reshape(b, t, self.fixed * self.head_dim))
 
 
+class UnnamedAttention(nn.Module):
+    """q/k/v/output projections under names the library does not know, and a head size but no head count: found
+    by structure (three equal-width linears in definition order), the count read off the query width."""
+
+    def __init__(self, dim=16, head_dim=4):
+        super().__init__()
+        self.head_dim = head_dim
+        self.to_queries, self.to_keys, self.to_values = (nn.Linear(dim, dim) for _ in range(3))
+        self.mix = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, t, _ = x.shape
+        q, k, v = (p(x).view(b, t, -1, self.head_dim).transpose(1, 2)
+                   for p in (self.to_queries, self.to_keys, self.to_values))
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.mix(y.transpose(1, 2).reshape(b, t, -1))
+
+
+def test_attention_under_any_names_without_a_head_count_is_found_and_pruned_by_head():
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 8)
+    model = TinyEncoder(UnnamedAttention()).eval()
+    (a,) = find_attention_modules(model)
+    assert (a.path, a.num_heads, a.head_dim) == ("attention", 4, 4)
+    assert a.projections == (model.attention.to_queries, model.attention.to_keys, model.attention.to_values)
+    with torch.no_grad():  # heads 1 and 3 weak by hand: those are the ones removed
+        for h in (1, 3):
+            for p in a.projections:
+                p.weight[h * 4:(h + 1) * 4] *= 1e-3
+    result = hm.prune_to_speedup(model, x, 1.2)
+    (pruned,) = find_attention_modules(result.model)
+    assert pruned.num_heads < 4 and result.speed_up >= 1.2
+    kept = kept_rows(model.attention.to_values.weight, pruned.projections[2].weight, 4)
+    assert len(kept) == pruned.num_heads and set(range(4)) - set(kept) <= {1, 3}
+    groups = hm.ChannelGroups.from_model(model, x)
+    assert groups.group_sizes == [4]  # the heads (the residual width is not pruned in models with attention)
+    graph = hm.model_to_graph(model, x)  # the graph splits query/key from value/output channels by this structure
+    torch.testing.assert_close(hm.graph_to_model(graph, model)(x), model(x), rtol=0, atol=0)
+
+
 def test_unsupported_attention_is_refused_with_the_module_named_and_model_untouched():
     x = torch.randn(2, 5, 8)
     model = TinyEncoder(FixedHeadAttention()).eval()

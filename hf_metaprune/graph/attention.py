@@ -124,14 +124,17 @@ def find_attention_modules(model: nn.Module) -> list[AttentionModule]:
             head_dim = round(scale ** -2)  # timm's WindowAttention keeps only the scale 1/sqrt(head_dim)
             if not _fused_projections(m, heads, head_dim):
                 continue
-        names = next((n for n in QKV_NAMES if all(isinstance(getattr(m, p, None), nn.Linear) for p in n)), None)
+        separate = _separate_projections(m, heads, head_dim)
+        if separate and (heads is None or head_dim is None):  # read what the module does not keep off the widths
+            width = separate[0].out_features
+            heads, head_dim = (width // head_dim, head_dim) if head_dim else (heads, width // heads)
         if causal:
-            found.append(_decoder_attention(path, m, names, head_dim))
+            found.append(_decoder_attention(path, m, separate, head_dim))
             continue
         if head_dim is None or heads is None:
             continue
-        if names is not None:
-            projections = tuple(getattr(m, p) for p in names)
+        if separate:
+            projections = separate
         else:
             fused = _fused_projections(m, heads, head_dim)
             if len(fused) != 1:
@@ -155,17 +158,35 @@ def find_attention_modules(model: nn.Module) -> list[AttentionModule]:
 _LAYERS = (nn.Linear, nn.modules.conv._ConvNd, nn.LayerNorm, nn.Embedding, nn.modules.batchnorm._BatchNorm)
 
 
-def _decoder_attention(path: str, m: nn.Module, names: tuple[str, str, str] | None,
+def _separate_projections(m: nn.Module, heads: int | None, head_dim: int | None) -> tuple[nn.Linear, ...]:
+    """A module's query, key and value projections: by name (:data:`QKV_NAMES`), or — in a module that keeps a head
+    count or size — its first three child linears of equal width (a multiple of the head size) in definition
+    order, the order every implementation declares them in; at most one more child linear (the output
+    projection). ``()`` when there are none."""
+    names = next((n for n in QKV_NAMES if all(isinstance(getattr(m, p, None), nn.Linear) for p in n)), None)
+    if names is not None:
+        return tuple(getattr(m, p) for p in names)
+    if heads is None and head_dim is None:
+        return ()
+    linears = [c for c in m.children() if isinstance(c, nn.Linear)]
+    unit = head_dim or heads
+    same = [c for c in linears if c.out_features % unit == 0 and c.out_features == linears[0].out_features]
+    if len(linears) not in (3, 4) or len(same) < 3 or linears[:3] != same[:3]:
+        return ()
+    return tuple(same[:3])
+
+
+def _decoder_attention(path: str, m: nn.Module, projections: tuple[nn.Linear, ...],
                        head_dim: int | None) -> AttentionModule:
     """A causal self-attention module: separate q/k/v projections, an output projection, a head size; the query
     heads split evenly into the key/value heads' groups."""
     output = next((getattr(m, n) for n in OUTPUT_NAMES if isinstance(getattr(m, n, None), nn.Linear)), None)
-    if names is None or output is None or head_dim is None:
+    if not projections or output is None or head_dim is None:
         raise UnsupportedModuleError(path, m, "causal (decoder) attention needs separate query/key/value projections "
                                               f"(one of {QKV_NAMES}), an output projection (one of {OUTPUT_NAMES}) "
                                               "and a head_dim attribute to be head-pruned (GPT-2's fused Conv1D "
                                               "c_attn is not supported)")
-    q, k, v = (getattr(m, n) for n in names)
+    q, k, v = projections
     if q.out_features % head_dim or k.out_features % head_dim or k.out_features != v.out_features \
             or (q.out_features // head_dim) % (k.out_features // head_dim) or output.in_features != q.out_features:
         raise UnsupportedModuleError(path, m, f"query width {q.out_features}, key/value widths {k.out_features}/"
