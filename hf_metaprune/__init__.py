@@ -15,12 +15,15 @@ from .methods import get_method
 from .methods.metapruner import (MetaPrunerConfig, MetaPrunerModel, MetaPrunerTrainer, MetaPrunerTrainingArguments,
                                  meta_train)
 from .methods.pruningnet import PruningNetConfig, PruningNetModel, PruningNetTrainer
+from .methods.graphpruning import GraphPruningConfig, GraphPruningModel
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ChannelGroups",
     "DataModelZoo",
+    "GraphPruningConfig",
+    "GraphPruningModel",
     "MetaPrunerConfig",
     "MetaPrunerModel",
     "MetaPrunerTrainer",

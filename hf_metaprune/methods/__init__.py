@@ -4,10 +4,12 @@
   architecture; Shi et al., "Structured Pruning via Meta-learned Graph Neural Networks").
 - ``pruningnet``: MetaPruning (Liu et al., ICCV 2019): a PruningNet generates the weights of any pruned structure;
   an evolutionary search picks the structure.
+- ``graphpruning``: GraphPruning (Zhang et al., 2022): the PruningNet's generators read GCN embeddings of the layer
+  graph; a DDPG agent picks the structure.
 """
 from .base import PruningMethodPreTrainedModel
 from .mapping import METHODS, PruningMethod, get_method, register_method
-from . import metapruner, pruningnet  # noqa: E402  (register themselves)
+from . import graphpruning, metapruner, pruningnet  # noqa: E402  (register themselves)
 
-__all__ = ["METHODS", "PruningMethod", "PruningMethodPreTrainedModel", "get_method", "metapruner", "pruningnet",
-           "register_method"]
+__all__ = ["METHODS", "PruningMethod", "PruningMethodPreTrainedModel", "get_method", "graphpruning", "metapruner",
+           "pruningnet", "register_method"]

@@ -31,11 +31,12 @@ if TYPE_CHECKING:
 
 
 class WeightGenerator(nn.Module):
-    """``FC(2 → H) → ReLU → FC(H → numel)``: the offset of one layer's weight for its (out, in) width ratios."""
+    """``FC(context → H) → ReLU → FC(H → numel)``: the offset of one layer's weight for its context — its (out, in)
+    width ratios (MetaPruning), or its groups' graph embeddings (GraphPruning)."""
 
-    def __init__(self, numel: int, hidden: int, scale: float):
+    def __init__(self, numel: int, hidden: int, scale: float, context_size: int = 2):
         super().__init__()
-        self.fc1 = nn.Linear(2, hidden)
+        self.fc1 = nn.Linear(context_size, hidden)
         self.fc2 = nn.Linear(hidden, numel, bias=False)
         # |fc1 weights| <= 1/sqrt(2) and ratios in (0, 1]: a bias of 1.5 keeps every hidden unit active for every
         # context at the start (no generator starts dead); training bends them where the widths call for it
@@ -54,6 +55,7 @@ class PruningNetModel(PruningMethodPreTrainedModel):
     base_model_prefix = "pruningnet"
     main_input_name = "pixel_values"
     checkpoint_noun = "PruningNet"
+    context_size = 2  # a generator's input: the width ratios of its layer's output and input groups
 
     def __init__(self, config: PruningNetConfig):
         super().__init__(config)
@@ -70,7 +72,7 @@ class PruningNetModel(PruningMethodPreTrainedModel):
         shapes = dict(self.network.named_parameters())
         self.generators = nn.ModuleDict({
             _key(n): WeightGenerator(shapes[n].numel(), config.hidden_size,
-                                     math.sqrt(2.0 / max(1, math.prod(shapes[n].shape[1:]))))
+                                     math.sqrt(2.0 / max(1, math.prod(shapes[n].shape[1:]))), self.context_size)
             for n in self.generated})
         self._structure: tuple[ChannelGroups, torch.Tensor] | None = None
         self.post_init()
@@ -87,7 +89,7 @@ class PruningNetModel(PruningMethodPreTrainedModel):
                              "pretrained_cfg['architecture']); build it with timm.create_model")
         num_classes = getattr(model, "num_classes", None)
         kwargs = {"num_classes": num_classes} if num_classes is not None else {}
-        config = PruningNetConfig(base_architecture=architecture, base_model_kwargs=kwargs, hidden_size=hidden_size,
+        config = cls.config_class(base_architecture=architecture, base_model_kwargs=kwargs, hidden_size=hidden_size,
                                   **config_kwargs)
         pruningnet = cls(config)
         try:
@@ -152,15 +154,26 @@ class PruningNetModel(PruningMethodPreTrainedModel):
         """Every parameter and buffer of the base network (by name) for ``gene`` (``None``: full width), with the
         removed units zeroed, as ``torch.func.functional_call`` takes them; differentiable in the generators."""
         gene = self.full_gene() if gene is None else self.check_gene(gene)
-        groups, context = self._traced()
-        ratios = torch.tensor([self.config.width_ratios[i] for i in gene] + [1.0], device=self.device)
+        groups = self.groups
+        contexts = self.layer_contexts(gene)
         params = {**dict(self.network.named_parameters()), **dict(self.network.named_buffers())}
         for i, name in enumerate(self.generated):
-            ctx = ratios[context[i].to(self.device)]
             base = params[name]
-            params[name] = base + self.generators[_key(name)](ctx.to(base.dtype)).view_as(base)
+            params[name] = base + self.generators[_key(name)](contexts[i].to(base.dtype)).view_as(base)
         keep = (~groups.removed_for_widths(self.widths(gene))).float()
         return groups.apply_mask(params, keep)
+
+    def layer_contexts(self, gene: list[int]) -> torch.Tensor:
+        """``[generated layers, context_size]``: each layer's (output, input) group width ratios (1 for a side no
+        group prunes: the image channels, the classes)."""
+        ratios = torch.tensor([self.config.width_ratios[i] for i in gene] + [1.0], device=self.device)
+        return ratios[self.layer_groups.to(self.device)]
+
+    @property
+    def layer_groups(self) -> torch.Tensor:
+        """``[generated layers, 2]``: the coupled group of each generated layer's output and input channels
+        (``num_genes`` where no group prunes that side)."""
+        return self._traced()[1]
 
     def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None,
                 gene: Iterable[int] | None = None) -> ImageClassifierOutput:
