@@ -116,7 +116,13 @@ METHODS = {  # key: (table name, pre-prune stage, pruning criterion)
     # MetaPruning: a PruningNet grown from the base model, trained pre_epochs by stochastic structure sampling (the
     # pre-prune budget), evolutionary search (generated weights + BN recalibration, validation split), finetune
     "metapruning": ("MetaPruning", "pruningnet", "search"),
+    # GraphPruning: the same, with a GCN over the layer graph feeding the generators, searched by DDPG (AMC's
+    # protocol, reward on the validation split); the ablations of its two claims at the same budget: GCN vs local
+    # context (graphpruning-evolution vs metapruning) and RL vs evolution (graphpruning vs graphpruning-evolution)
+    "graphpruning": ("GraphPruning", "graphpruning", "ddpg"),
+    "graphpruning-evolution": ("GraphPruning, evolutionary search", "graphpruning", "search"),
 }
+SEARCHED_STAGES = ("pruningnet", "graphpruning")
 # candidate fields (zipped lists on the command line) -> MetaPrunerTrainingArguments / MetaPrunerConfig fields
 CANDIDATE_FIELDS = {
     "meta_learning_rate": "learning_rate", "meta_sparsity_lambda": "sparsity_lambda",
@@ -185,6 +191,9 @@ class BenchmarkArguments:
     search_population: int = field(default=16, metadata={"help": "MetaPruning's evolutionary search (paper: 50)"})
     search_iterations: int = field(default=4, metadata={"help": "MetaPruning's search iterations (paper: 20)"})
     search_eval_samples: int = field(default=1000, metadata={"help": "validation images per fitness (0: all)"})
+    gcn_hidden_size: int = field(default=64, metadata={"help": "GraphPruning's GCN width (64)"})
+    rl_episodes: int = field(default=100, metadata={"help": "GraphPruning's DDPG episodes after warm-up (AMC: 800)"})
+    rl_warmup: int = field(default=50, metadata={"help": "GraphPruning's random warm-up episodes (AMC: 100)"})
     # reporting
     latency_batch_size: int = field(default=64)
     latency_runs: int = field(default=10)
@@ -534,12 +543,12 @@ def main(argv: list[str] | None = None) -> dict:
                 record = cache.record(name)
                 if record is None:
                     if stage not in pre_models:
-                        stage_fn = _pruningnet_stage if stage == "pruningnet" else _pre_prune_stage
+                        stage_fn = _pruningnet_stage if stage in SEARCHED_STAGES else _pre_prune_stage
                         pre_models[stage] = stage_fn(args, cache, seed, stage, base, data, metapruner,
                                                      finetune_kwargs, name=f"seed-{seed}/pre-{tag(stage)}")
-                    if stage == "pruningnet":
+                    if stage in SEARCHED_STAGES:
                         record, model = _search_and_finetune(args, cache, name, pre_models[stage], base_record["macs"],
-                                                             data, speed_up, seed, finetune_kwargs)
+                                                             data, speed_up, seed, finetune_kwargs, importance)
                     else:
                         record, model = _prune_and_finetune(args, cache, name, pre_models[stage].model, data,
                                                             speed_up, importance, seed, finetune_kwargs)
@@ -631,12 +640,13 @@ def main(argv: list[str] | None = None) -> dict:
         times = ", ".join(f"{k} {v / 60:.1f} min" for k, v in stage_seconds.items())
         text = (f"{table}\n\n{direct_table}\n\nWall time: {times}.\n\nMeta-training candidates (prune-and-probe on "
                 f"held-out data models, validation split):\n\n{ablation}\n")
-        searches = [r for r in runs if "search_seconds" in r]
-        if searches:
-            text += (f"\nMetaPruning's search cost: {statistics.mean(r['search_seconds'] for r in searches) / 60:.1f} "
-                     f"min per search ({statistics.mean(r['genes_evaluated'] for r in searches):.0f} genes, "
-                     f"population {args.search_population}, {args.search_iterations} iterations), included in "
-                     "prune + finetune.\n")
+        for method in sorted({r["method"] for r in runs if "search_seconds" in r}):
+            searches = [r for r in runs if r["method"] == method]
+            how = (f"DDPG, {args.rl_warmup} warm-up + {args.rl_episodes} episodes" if method == "GraphPruning" else
+                   f"population {args.search_population}, {args.search_iterations} iterations")
+            text += (f"\n{method}'s search cost: {statistics.mean(r['search_seconds'] for r in searches) / 60:.1f} "
+                     f"min per search ({statistics.mean(r['genes_evaluated'] for r in searches):.0f} genes, {how}), "
+                     "included in prune + finetune.\n")
         if transfer:
             text += f"\nTransfer (1 seed):\n\n{transfer_table}\n"
         with open(f"{prefix}.md", "w") as f:
@@ -713,15 +723,18 @@ def _pre_prune_stage(args, cache: Cache, seed: int, stage: str, base, data, meta
 
 def _pruningnet_stage(args, cache: Cache, seed: int, stage: str, base, data, metapruner, finetune_kwargs,
                       name: str) -> "hm.PruningNetModel":
-    """MetaPruning's pre-prune stage: a PruningNet grown from ``base`` (its generators start at the base weights),
-    trained ``pre_epochs`` by stochastic structure sampling with the finetuning recipe (cached under ``name``)."""
+    """MetaPruning's (or GraphPruning's) pre-prune stage: a PruningNet grown from ``base`` (its generators start at
+    the base weights), trained ``pre_epochs`` by stochastic structure sampling with the finetuning recipe (cached
+    under ``name``)."""
     from transformers import TrainingArguments
 
-    folder = os.path.join(args.output_dir, name, "pruningnet")
+    cls = hm.GraphPruningModel if stage == "graphpruning" else hm.PruningNetModel
+    folder = os.path.join(args.output_dir, name, stage)
     if cache.record(name) is not None:
-        return hm.PruningNetModel.from_pretrained(folder).eval()
+        return cls.from_pretrained(folder).eval()
     t = time.time()
-    pruningnet = hm.PruningNetModel.from_network(base, hidden_size=args.pruningnet_hidden_size, dataset=args.dataset)
+    extra = {"gcn_hidden_size": args.gcn_hidden_size} if stage == "graphpruning" else {}
+    pruningnet = cls.from_network(base, hidden_size=args.pruningnet_hidden_size, dataset=args.dataset, **extra)
     training = TrainingArguments(
         output_dir=os.path.join(args.output_dir, "runs", name), num_train_epochs=args.pre_epochs,
         per_device_train_batch_size=args.batch_size, learning_rate=args.finetune_learning_rate, optim="sgd",
@@ -732,8 +745,8 @@ def _pruningnet_stage(args, cache: Cache, seed: int, stage: str, base, data, met
     pruningnet = trainer.accelerator.unwrap_model(trainer.model).eval()
     pruningnet.save_pretrained(folder)
     full = pruningnet.generate(pruningnet.full_gene(), hm.pruning.recalibration_batches(data, seed=seed)).model
-    record = {"stage_seconds": {"pruningnet": time.time() - t},
-              "stage_val_accuracy": {"pruningnet_full_width": evaluate_accuracy(full, data)}}
+    record = {"stage_seconds": {stage: time.time() - t},
+              "stage_val_accuracy": {f"{stage}_full_width": evaluate_accuracy(full, data)}}
     cache.save_record(name, record)
     cache.add_seconds("pre_prune", time.time() - t)
     log(f"{name}: {record['stage_val_accuracy']} ({time.time() - t:.0f}s)")
@@ -741,15 +754,21 @@ def _pruningnet_stage(args, cache: Cache, seed: int, stage: str, base, data, met
 
 
 def _search_and_finetune(args, cache: Cache, name: str, pruningnet, base_macs: float, data, speed_up: float,
-                         seed: int, finetune_kwargs) -> tuple[dict, torch.nn.Module]:
-    """MetaPruning at one speed-up: evolutionary search on the validation split (its cost recorded), the searched
-    network with generated weights measured right away (as generated, and BN-recalibrated), then finetuned."""
+                         seed: int, finetune_kwargs, search: str = "search") -> tuple[dict, torch.nn.Module]:
+    """MetaPruning / GraphPruning at one speed-up: the evolutionary (``search``) or DDPG (``ddpg``) search on the
+    validation split (its cost recorded), the searched network with generated weights measured right away (as
+    generated, and BN-recalibrated), then finetuned."""
     t = time.time()
     population = args.search_population
-    found = pruningnet.search(data, speed_up, num_iterations=args.search_iterations, population=population,
-                              top_k=population, num_parents=max(2, population // 5), mutations=population // 2,
-                              crossovers=population // 2, eval_samples=args.search_eval_samples or None, seed=seed,
-                              disable_tqdm=args.disable_tqdm)
+    evaluation = dict(eval_samples=args.search_eval_samples or None, seed=seed, disable_tqdm=args.disable_tqdm)
+    if search == "ddpg":
+        found = pruningnet.search(data, speed_up, episodes=args.rl_episodes, warmup=args.rl_warmup, **evaluation)
+    else:
+        evolution = pruningnet.evolutionary_search if isinstance(pruningnet, hm.GraphPruningModel) else \
+            pruningnet.search
+        found = evolution(data, speed_up, num_iterations=args.search_iterations, population=population,
+                          top_k=population, num_parents=max(2, population // 5), mutations=population // 2,
+                          crossovers=population // 2, **evaluation)
     search_seconds = time.time() - t
     x = data.example_inputs()
     raw = pruningnet.generate(found.gene).model  # BatchNorm statistics as generated: right after pruning

@@ -10,6 +10,10 @@ uniform width multiplier at the same MACs trained with the same budget.
     python examples/metapruning.py --init_from zoos/cifar10-resnet20/base --max_train_samples 0 --val_size 5000 \
         --output_dir outputs/metapruning-init
 
+``--method graphpruning`` runs GraphPruning instead (examples/graphpruning.py): the same trainer and finetuning, the
+generators fed by a GCN over the layer graph, and a DDPG search (``--rl_warmup`` random + ``--rl_episodes`` agent
+episodes) in place of the evolutionary one.
+
 The defaults are sized for 2 CPU cores (~15 min: 20k training images, 3 PruningNet epochs, a short search, 3
 finetuning epochs); the paper's budget is ``--pruningnet_epochs 50 --num_iterations 20 --population 50`` and a full
 retraining (``--from_scratch --finetune_epochs 160``). The searched network is saved with ``hm.save_pruned`` to
@@ -37,6 +41,7 @@ from hf_metaprune.training import evaluate_accuracy
 @dataclass
 class MetaPruningArguments:
     output_dir: str = field(default="outputs/metapruning")
+    method: str = field(default="pruningnet", metadata={"help": "pruningnet (MetaPruning) or graphpruning"})
     dataset: str = field(default="../shared/data/cifar10", metadata={"help": "parquet folder or Hub dataset id"})
     architecture: str = field(default="cifar_resnet20")
     init_from: str | None = field(default=None, metadata={"help": "a zoo folder: start from its first model"})
@@ -51,6 +56,9 @@ class MetaPruningArguments:
     population: int = field(default=16)
     recalibration_samples: int = field(default=2000)
     eval_samples: int = field(default=2000)
+    gcn_hidden_size: int = field(default=64, metadata={"help": "graphpruning: the GCN aggregator's width"})
+    rl_warmup: int = field(default=30, metadata={"help": "graphpruning: random warm-up episodes (AMC: 100)"})
+    rl_episodes: int = field(default=60, metadata={"help": "graphpruning: DDPG episodes (AMC: 800)"})
     from_scratch: bool = field(default=False, metadata={"help": "retrain the searched structure from scratch"})
     finetune_epochs: float = field(default=3.0)
     finetune_learning_rate: float = field(default=0.05)
@@ -61,6 +69,10 @@ class MetaPruningArguments:
 
 def main(argv: list[str] | None = None) -> dict | None:
     (args,) = HfArgumentParser(MetaPruningArguments).parse_args_into_dataclasses(argv)
+    if args.method not in ("pruningnet", "graphpruning"):
+        raise ValueError(f"--method must be 'pruningnet' or 'graphpruning', got {args.method!r}")
+    method = hm.get_method(args.method)
+    extra = {"gcn_hidden_size": args.gcn_hidden_size} if args.method == "graphpruning" else {}
     cpu = not torch.cuda.is_available()
     state = PartialState(cpu=cpu)
     set_seed(args.seed)
@@ -77,32 +89,38 @@ def main(argv: list[str] | None = None) -> dict | None:
         except ValueError as e:
             raise ValueError(f"--init_from {args.init_from}: {e}. Pass the --dataset, --max_train_samples and "
                              "--val_size (and --seed) the zoo was trained with") from e
-        pruningnet = hm.PruningNetModel.from_network(zoo.model(0), hidden_size=args.hidden_size, dataset=args.dataset)
+        pruningnet = method.model_class.from_network(zoo.model(0), hidden_size=args.hidden_size, dataset=args.dataset,
+                                                     **extra)
     else:
-        pruningnet = hm.PruningNetModel(hm.PruningNetConfig(
+        pruningnet = method.model_class(method.config_class(
             base_architecture=args.architecture, base_model_kwargs={"num_classes": data.num_classes},
-            input_shape=list(data.example_inputs().shape[1:]), hidden_size=args.hidden_size, dataset=args.dataset))
+            input_shape=list(data.example_inputs().shape[1:]), hidden_size=args.hidden_size, dataset=args.dataset,
+            **extra))
     training = TrainingArguments(
         output_dir=os.path.join(args.output_dir, "pruningnet_run"), num_train_epochs=args.pruningnet_epochs,
         per_device_train_batch_size=args.batch_size, learning_rate=args.pruningnet_learning_rate, optim="sgd",
         weight_decay=5e-4, lr_scheduler_type="cosine", warmup_steps=0.05, save_strategy="no", logging_steps=50,
         report_to="none", disable_tqdm=args.disable_tqdm, use_cpu=cpu, seed=args.seed)
-    trainer = hm.PruningNetTrainer(pruningnet, training, data)
+    trainer = method.trainer_class(pruningnet, training, data)
     trainer.train()
     pruningnet = trainer.accelerator.unwrap_model(trainer.model).eval()
     seconds["pruningnet_training"] = time.time() - t
 
-    # 2. the evolutionary search (validation split only), on the main process; the gene is then shared
+    # 2. the search (validation split only), on the main process; the gene is then shared
     t = time.time()
     found = None
     if state.is_main_process:
-        found = pruningnet.search(data, args.speed_up, window=args.window, num_iterations=args.num_iterations,
-                                  population=args.population, top_k=args.population,
-                                  num_parents=max(2, args.population // 5), mutations=args.population // 2,
-                                  crossovers=args.population // 2, recalibration_samples=args.recalibration_samples,
-                                  eval_samples=args.eval_samples, seed=args.seed, disable_tqdm=args.disable_tqdm)
+        common = dict(recalibration_samples=args.recalibration_samples, eval_samples=args.eval_samples,
+                      seed=args.seed, disable_tqdm=args.disable_tqdm)
+        if args.method == "graphpruning":  # DDPG over the coupled groups, AMC's action wall keeps the budget
+            found = pruningnet.search(data, args.speed_up, episodes=args.rl_episodes, warmup=args.rl_warmup, **common)
+        else:
+            found = pruningnet.search(data, args.speed_up, window=args.window, num_iterations=args.num_iterations,
+                                      population=args.population, top_k=args.population,
+                                      num_parents=max(2, args.population // 5), mutations=args.population // 2,
+                                      crossovers=args.population // 2, **common)
         pruningnet.config.validation_scores = {"searched_val_accuracy": found.val_accuracy}
-        pruningnet.save_pretrained(os.path.join(args.output_dir, "pruningnet"))
+        pruningnet.save_pretrained(os.path.join(args.output_dir, args.method))
         print(f"searched gene {found.gene} -> widths {found.widths}, {found.speed_up:.2f}x MACs, proxy validation "
               f"accuracy {found.val_accuracy:.4f} ({found.evaluated} genes, {time.time() - t:.0f}s)", flush=True)
     gene = broadcast_object_list([found.gene if found is not None else None])[0]
@@ -113,7 +131,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     uniform = _uniform_gene(pruningnet, pruningnet.macs(gene))
     recal = recalibration_batches(data, args.recalibration_samples, seed=args.seed)
     rows = []
-    for name, g in (("MetaPruning (searched)", gene), ("uniform width", uniform)):
+    searched = "GraphPruning (searched)" if args.method == "graphpruning" else "MetaPruning (searched)"
+    for name, g in ((searched, gene), ("uniform width", uniform)):
         t = time.time()
         model = pruningnet.generate(g, recal, from_scratch=args.from_scratch).model
         result = hm.finetune(model, data, os.path.join(args.output_dir, f"finetune-{len(rows)}"),

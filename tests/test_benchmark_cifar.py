@@ -28,7 +28,7 @@ TINY = ["--dataset", CIFAR10, "--max_train_samples", "400", "--val_size", "100",
         "--meta_eval_steps", "1", "--probe_finetune_steps", "2", "--pre_epochs", "0.25", "--post_epochs", "0.25",
         "--latency_runs", "1", "--latency_batch_size", "4", "--hidden_size", "8", "--num_layers", "1",
         "--pruningnet_hidden_size", "4", "--search_population", "4", "--search_iterations", "1",
-        "--search_eval_samples", "50"]
+        "--search_eval_samples", "50", "--gcn_hidden_size", "4", "--rl_episodes", "2", "--rl_warmup", "1"]
 
 
 def test_presets_and_overrides(cifar_benchmark):
@@ -99,6 +99,13 @@ def test_cpu_small_runs_end_to_end_and_resumes(cifar_benchmark, tmp_path):
     searched = [r for r in written["runs"] if r["method"] == "MetaPruning"]
     assert len(searched) == 4 and all(r["genes_evaluated"] >= 4 and r["search_seconds"] > 0 for r in searched)
     assert all("pruningnet_full_width" in r["stage_val_accuracy"] for r in searched)
+    for method in ("GraphPruning", "GraphPruning, evolutionary search"):  # one trained GraphPruning model, two searches
+        searched = [r for r in written["runs"] if r["method"] == method]
+        assert len(searched) == 4 and all(r["genes_evaluated"] >= 1 and r["search_seconds"] > 0 for r in searched)
+        assert all("graphpruning_full_width" in r["stage_val_accuracy"] for r in searched)
+        assert f"{method}'s search cost" in prefix.with_suffix(".md").read_text()
+    assert by_key[("GraphPruning", 1, 2.0)]["stage_val_accuracy"]["graphpruning_full_width"] == \
+        by_key[("GraphPruning, evolutionary search", 1, 2.0)]["stage_val_accuracy"]["graphpruning_full_width"]
     assert [d["seed"] for d in written["direct"]] == [0, 1]
     assert set(written["direct"][0]["speed_ups"]) == {"2", "3"}
 

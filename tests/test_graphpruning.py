@@ -75,19 +75,23 @@ def test_generators_read_graph_embeddings_so_neighbours_widths_change_a_layers_w
     assert all(g.fc1.weight.grad is not None for g in model.generators.values())
 
 
-def test_action_wall_always_meets_the_budget():
+def test_action_wall_keeps_every_random_episode_within_the_budget_window():
     model = _model()
     full = model.macs(model.full_gene())
     budget = full / 2.5
     lowest = 3  # ratio 0.19
     torch.manual_seed(1)
+    landed = []
     for _ in range(20):
         gene = model.full_gene()
         for step in range(model.num_genes):
             wanted = int(torch.randint(lowest, 31, ()))
-            gene[step] = clip_action(model, gene, step, wanted, lowest, budget)
-            assert gene[step] <= wanted
+            gene[step] = clip_action(model, gene, step, wanted, lowest, budget, floor=0.97 * budget)
         assert model.macs(gene) <= budget
+        landed.append(model.macs(gene) / budget)
+    assert min(landed) >= 0.97  # the lower wall: no episode wastes the budget
+    gene = model.full_gene()  # without a floor only the upper wall acts: a low action stays low
+    assert clip_action(model, gene, 0, lowest, lowest, budget) == lowest
 
 
 def test_ddpg_search_is_seeded_meets_the_budget_and_reloads(cifar_small, monkeypatch, tmp_path):
@@ -158,3 +162,27 @@ def test_agent_learns_to_prefer_the_rewarded_action():
     for _ in range(600):
         agent.update([replay[j] for j in torch.randint(0, len(replay), (32,), generator=g).tolist()])
     assert abs(agent.act(s) - 0.8) < 0.05
+
+
+def test_graphpruning_example_runs_end_to_end(tmp_path):
+    """examples/graphpruning.py (examples/metapruning.py --method graphpruning): train, DDPG search, finetune against
+    the uniform multiplier, save the model and the searched network."""
+    import json
+    import subprocess
+    import sys
+
+    from test_accelerate import DATA, REPO, TIMEOUT, _env
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "examples/graphpruning.py", "--dataset", DATA, "--output_dir", str(out),
+           "--max_train_samples", "600", "--val_size", "200", "--pruningnet_epochs", "0.1", "--hidden_size", "4",
+           "--gcn_hidden_size", "8", "--rl_warmup", "2", "--rl_episodes", "2", "--recalibration_samples", "100",
+           "--eval_samples", "100", "--finetune_epochs", "0.1", "--batch_size", "32", "--disable_tqdm", "true"]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    results = json.loads((out / "results.json").read_text())
+    searched, uniform = results["rows"]
+    assert searched["method"] == "GraphPruning (searched)" and searched["speed_up"] >= 2.0
+    assert uniform["speed_up"] >= 2.0 and len(results["search_history"]) == 4
+    assert hm.load_pruned(out / "searched") is not None
+    assert hm.GraphPruningModel.from_pretrained(out / "graphpruning").config.validation_scores

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch_geometric.nn import GCNConv
 
+from ..pruningnet.model_card import pruningnet_model_card
 from ..pruningnet.modeling import PruningNetModel
 from .configuration import GraphPruningConfig
 
@@ -57,9 +58,8 @@ class GraphPruningModel(PruningNetModel):
         return 2 * self.config.gcn_hidden_size
 
     def model_card(self, repo_id: str | None = None):
-        from .model_card import graphpruning_model_card
-
-        return graphpruning_model_card(self.config, repo_id)
+        return pruningnet_model_card(self.config, repo_id, method="graphpruning", tags=("graphpruning", "gcn"),
+                                     gcn_hidden_size=self.config.gcn_hidden_size, gcn_layers=self.config.gcn_layers)
 
     # ---- the layer graph ---------------------------------------------------------------------------------------
     @property

@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ...pruning.speedup import check_number
-from ..pruningnet.search import SearchResult, _batches
+from ..pruningnet.search import SearchResult, _batches, search_result
 
 
 def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
@@ -70,18 +70,25 @@ class DDPGAgent:
         self.baseline = reward if self.baseline is None else momentum * self.baseline + (1 - momentum) * reward
 
 
-def clip_action(model, gene: list[int], step: int, index: int, lowest: int, budget: float) -> int:
-    """AMC's action wall: the largest grid index ``<= index`` for group ``step`` such that the groups after it, at
-    ``lowest``, still keep the MACs within ``budget`` (``lowest`` itself when none does: the search checks up front
-    that the all-``lowest`` gene meets the budget)."""
-    for i in range(index, lowest, -1):
-        trial = gene[:step] + [i] + [lowest] * (len(gene) - step - 1)
-        if model.macs(trial) <= budget:
-            return i
-    return lowest
+def clip_action(model, gene: list[int], step: int, index: int, lowest: int, budget: float, floor: float = 0.0) -> int:
+    """AMC's action wall, on both sides: the grid index for group ``step`` nearest to ``index`` such that the groups
+    after it can still land the MACs in ``[floor, budget]`` — at most ``budget`` with all of them at ``lowest``, at
+    least ``floor`` with all of them at full width (the search checks up front that the all-``lowest`` gene meets
+    the budget, so the upper wall can always be kept)."""
+    top, rest = len(model.config.width_ratios) - 1, len(gene) - step - 1
+
+    def macs(i: int, after: int) -> float:
+        return model.macs(gene[:step] + [i] + [after] * rest)
+
+    i = index
+    while i > lowest and macs(i, lowest) > budget:
+        i -= 1
+    while i < top and macs(i, top) < floor and macs(i + 1, lowest) <= budget:
+        i += 1
+    return i
 
 
-def ddpg_search(model, data: Any, speed_up: float, episodes: int = 300, warmup: int = 100,
+def ddpg_search(model, data: Any, speed_up: float, episodes: int = 300, warmup: int = 100, window: float = 0.03,
                 lowest_ratio: float = 0.2, noise: float = 0.5, noise_decay: float = 0.95, batch_size: int = 64,
                 updates_per_episode: int | None = None, recalibration_samples: int = 2000,
                 eval_samples: int | None = None, eval_batch_size: int = 250, seed: int = 0,
@@ -92,13 +99,15 @@ def ddpg_search(model, data: Any, speed_up: float, episodes: int = 300, warmup: 
     ``episodes`` episodes act with truncated-normal exploration around the actor (``noise``, decaying by
     ``noise_decay`` per episode) and train the agent (``updates_per_episode`` minibatches, default one per group).
     Actions are preserve ratios in ``[lowest_ratio, 1]`` snapped down to the width grid and clipped by the action
-    wall (:func:`clip_action`). State of group ``t``: its GCN embedding for the gene so far (groups not yet decided at
+    wall (:func:`clip_action`) so that the MACs land in ``[(1 − window)·M/speed_up, M/speed_up]`` (``M``: the full
+    network's), the window MetaPruning's evolutionary search uses, where the grid allows. State of group ``t``: its GCN embedding for the gene so far (groups not yet decided at
     full width), ``t / groups``, MACs removed so far and MACs still ahead (fractions of the full network's), and the
     previous action. Reward: accuracy of the generated network on ``eval_samples`` validation images after
     recalibrating BatchNorm; a gene is never evaluated twice. Seeded: the same seed gives the same search.
     """
     speed_up = check_number("speed_up", speed_up, 1.0, low_inclusive=False)
     lowest_ratio = check_number("lowest_ratio", lowest_ratio, 0.0, 1.0, low_inclusive=False)
+    window = check_number("window", window, 0.0, 1.0)
     noise = check_number("noise", noise, 0.0)
     noise_decay = check_number("noise_decay", noise_decay, 0.0, 1.0)
     for name, value, low in (("episodes", episodes, 1), ("warmup", warmup, 0), ("batch_size", batch_size, 1),
@@ -147,7 +156,7 @@ def ddpg_search(model, data: Any, speed_up: float, episodes: int = 300, warmup: 
                 action = _truncated_normal(agent.act(s), sigma, noise_gen)
             ratio = lowest_ratio + action * (1 - lowest_ratio)
             index = max(lowest, max(i for i, r in enumerate(ratios) if r <= ratio + 1e-9))
-            gene[step] = clip_action(model, gene, step, index, lowest, budget)
+            gene[step] = clip_action(model, gene, step, index, lowest, budget, budget * (1 - window))
             taken = (ratios[gene[step]] - lowest_ratio) / max(1 - lowest_ratio, 1e-9)  # the clipped action
             previous = ratios[gene[step]]
             transitions.append((s, min(max(taken, 0.0), 1.0)))
@@ -170,12 +179,7 @@ def ddpg_search(model, data: Any, speed_up: float, episodes: int = 300, warmup: 
                         "evaluated": len(fitness)})
         bar.set_postfix(best=f"{fitness[best]:.4f}", evaluated=len(fitness))
     model.train(was_training)
-    best = max(fitness, key=lambda g: fitness[g])
-    result = model.generate(list(best), recal)
-    macs = model.macs(best)
-    return SearchResult(gene=list(best), widths=model.widths(best), macs=macs, speed_up=full / macs,
-                        val_accuracy=fitness[best], result=result, evaluated=len(fitness), history=history,
-                        seconds=time.time() - start)
+    return search_result(model, fitness, recal, history, start)
 
 
 def _truncated_normal(mean: float, sigma: float, generator: torch.Generator) -> float:

@@ -100,7 +100,7 @@ class PruningNetModel(PruningMethodPreTrainedModel):
         return pruningnet
 
     def model_card(self, repo_id: str | None = None):
-        return pruningnet_model_card(self.config, repo_id)
+        return pruningnet_model_card(self.config, repo_id, tags=("metapruning",))
 
     # ---- structure -------------------------------------------------------------------------------------------
     def example_inputs(self, batch_size: int = 1) -> torch.Tensor:

@@ -116,11 +116,17 @@ def evolutionary_search(pruningnet, data: Any, speed_up: float, window: float = 
         candidates += fresh(cross, crossovers, 10 * max(crossovers, 1))
         candidates += fresh(random_gene, max(0, population - len(candidates)), 2000 * population)
     pruningnet.train(was_training)
+    return search_result(pruningnet, fitness, recal, history, start)
+
+
+def search_result(pruningnet, fitness: dict[tuple[int, ...], float], recal: list, history: list[dict],
+                  start: float) -> SearchResult:
+    """What a finished search returns: its best gene's network, generated and BatchNorm-recalibrated."""
     best = max(fitness, key=lambda g: fitness[g])
-    result = pruningnet.generate(list(best), recal)
     macs = pruningnet.macs(best)
-    return SearchResult(gene=list(best), widths=pruningnet.widths(best), macs=macs, speed_up=full / macs,
-                        val_accuracy=fitness[best], result=result, evaluated=len(fitness), history=history,
+    return SearchResult(gene=list(best), widths=pruningnet.widths(best), macs=macs,
+                        speed_up=pruningnet.macs(pruningnet.full_gene()) / macs, val_accuracy=fitness[best],
+                        result=pruningnet.generate(list(best), recal), evaluated=len(fitness), history=history,
                         seconds=time.time() - start)
 
 
