@@ -8,11 +8,10 @@ import sys
 import pytest
 import timm
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 import hf_metaprune as hm
-from hf_metaprune.graph import find_attention_modules
 
 TINY = dict(img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=4, mlp_ratio=2.0, num_classes=3)
 ARCHS = ["vit_tiny_patch16_224", "deit_tiny_patch16_224", "deit_tiny_distilled_patch16_224"]
