@@ -85,6 +85,10 @@ CASES: dict[str, tuple[Callable[[], torch.nn.Module], str, str]] = {
     "DistilBERT": (_hf("DistilBertForSequenceClassification", "DistilBertConfig", vocab_size=100, dim=64, n_layers=2,
                        n_heads=4, hidden_dim=128, max_position_embeddings=64, num_labels=3), "text", "🤗"),
     "ELECTRA": (_hf("ElectraForSequenceClassification", "ElectraConfig", embedding_size=32, **TEXT), "text", "🤗"),
+    # q / k / v / o under names the library does not list (found by structure); MPNet adds a per-head relative
+    # position bias computed once in the encoder
+    "DeBERTa-v2": (_hf("DebertaV2ForSequenceClassification", "DebertaV2Config", **TEXT), "text", "🤗"),
+    "MPNet": (_hf("MPNetForSequenceClassification", "MPNetConfig", **TEXT), "text", "🤗"),
     # a factorised embedding and one layer shared by every pass
     "ALBERT": (_hf("AlbertForSequenceClassification", "AlbertConfig", embedding_size=32, **TEXT), "text", "🤗"),
     # decoders: causal, rotary, grouped-query attention (4 query / 2 key-value heads), pruned in key/value groups;

@@ -12,6 +12,7 @@ SWEEP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFUSED = {  # model: module named in the error
     "BEiT, shared relative position bias": "beit.shared_position_bias",  # one table for every layer's heads
     "GPT-2": "transformer.h.0.attn",  # q/k/v fused in a Conv1D
+    "MPNet": "mpnet.encoder.relative_attention_bias",  # a per-head bias embedding shared by every layer
 }
 PRUNING_ONLY = {  # decoders: pruned head-aware, but the graph adapter (the metanetwork's input) refuses them
     name: "model.layers.0.self_attn" for name in ("Llama", "Qwen2", "Mistral", "Phi")}

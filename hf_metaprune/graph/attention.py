@@ -145,6 +145,12 @@ def find_attention_modules(model: nn.Module) -> list[AttentionModule]:
         if any(p.out_features % head_dim for p in projections) or len({p.out_features for p in projections}) != 1:
             raise UnsupportedModuleError(path, m, f"q/k/v widths are not equal multiples of head size {head_dim}")
         found.append(AttentionModule(path, m, projections, head_dim))
+    heads = {a.num_heads for a in found}
+    for path, m in model.named_modules():  # a bias looked up per head (MPNet's, T5's): one column per head
+        if isinstance(m, nn.Embedding) and m.embedding_dim in heads:
+            raise UnsupportedModuleError(path, m, f"an embedding with one column per attention head "
+                                                  f"({m.embedding_dim}, a relative position bias) is looked up "
+                                                  "outside the attention modules: their heads cannot be pruned")
     for a in (a for a in found if not a.causal):  # per-head tables: in the module, or beside it (🤗 BEiT)
         parent = a.path.rpartition(".")[0]
         alone = sum(b.path.startswith(f"{parent}.") or not parent for b in found) == 1

@@ -224,13 +224,17 @@ def _queries_to_output(attention: list[AttentionModule]):
         return a.output(a.projections[0](hidden_states)), None
 
     modules = {a.module: a for a in attention}
+    own = {m: m.__dict__["forward"] for m in modules if "forward" in m.__dict__}  # e.g. accelerate's hooks
     for m in modules:
         m.forward = types.MethodType(forward, m)
     try:
         yield
     finally:
         for m in modules:
-            del m.forward
+            if m in own:
+                m.forward = own[m]
+            else:
+                del m.forward
 
 
 def trace_channel_spaces(model: nn.Module, example_inputs: Any, dg: tp.DependencyGraph | None = None) -> ChannelSpaces:

@@ -359,8 +359,9 @@ def prunable_groups(dg: tp.DependencyGraph, ignored: set[nn.Module], prune_hidde
                      untouchable: set[nn.Module] = frozenset()) -> tuple[list, dict[str, int]]:
     """Groups whose channels feed another layer: a model's outputs (e.g. class logits) are never pruned.
 
-    Without ``prune_hidden`` (transformers) only heads and MLP neurons are pruned: a group touching a LayerNorm
-    (the residual stream) or feeding the output layer (e.g. BERT's pooler) is left alone. Groups touching an
+    Without ``prune_hidden`` (transformers) only heads and MLP neurons are pruned: a group touching a LayerNorm or
+    an embedding (the residual stream: RMSNorm weights are loose parameters to Torch-Pruning, so a bare decoder is
+    recognised by its token embedding) or feeding the output layer (e.g. BERT's pooler) is left alone. Groups touching an
     ``untouchable`` module (tied weights) are left alone too. Also
     returns how many groups each of these rules kept whole, for error messages.
     """
@@ -378,8 +379,8 @@ def prunable_groups(dg: tp.DependencyGraph, ignored: set[nn.Module], prune_hidde
             excluded["ignored"] += 1
         elif any(item.dep.target.module in untouchable for item in group):
             excluded["untouchable"] += 1
-        elif not prune_hidden and (any(isinstance(item.dep.target.module, nn.LayerNorm) for item in group)
-                                   or any(m in output_layers for m in consumers)):
+        elif not prune_hidden and (any(isinstance(item.dep.target.module, (nn.LayerNorm, nn.Embedding))
+                                       for item in group) or any(m in output_layers for m in consumers)):
             excluded["hidden"] += 1
         else:
             groups.append(group)

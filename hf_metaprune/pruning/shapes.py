@@ -46,7 +46,9 @@ def shrink_to_shapes(model: nn.Module, shapes: dict, head_counts: dict) -> None:
         for attr in HEAD_COUNT_ATTRS:
             if hasattr(m, attr):
                 setattr(m, attr, heads)
-        head_dim = next(getattr(m, a) for a in HEAD_SIZE_ATTRS if isinstance(getattr(m, a, None), int))
+        head_dim = next((getattr(m, a) for a in HEAD_SIZE_ATTRS if isinstance(getattr(m, a, None), int)), None)
+        if head_dim is None:  # a module keeping only its head count: nothing else to set
+            continue
         for attr in HEAD_TOTAL_ATTRS:
             if hasattr(m, attr):
                 setattr(m, attr, heads * head_dim)

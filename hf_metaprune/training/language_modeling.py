@@ -21,6 +21,7 @@ class CausalLMTrainer(Trainer):
     def __init__(self, *args, teacher: nn.Module | None = None, distill_alpha: float = 0.5,
                  distill_temperature: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = False  # compute_loss returns a mean: let the Trainer scale accumulation
         self.teacher = teacher.eval().to(self.args.device) if teacher is not None else None
         self.distill_alpha, self.distill_temperature = distill_alpha, distill_temperature
 

@@ -48,9 +48,9 @@ class DDPGAgent:
     def update(self, batch: list[tuple[torch.Tensor, float, float, torch.Tensor, bool]]) -> tuple[float, float]:
         s = torch.stack([b[0] for b in batch])
         a = torch.tensor([[b[1]] for b in batch])
-        r = torch.tensor([[b[2]] for b in batch]) - (self.baseline or 0.0)
         s2 = torch.stack([b[3] for b in batch])
         done = torch.tensor([[float(b[4])] for b in batch])
+        r = torch.tensor([[b[2]] for b in batch]) - done * (self.baseline or 0.0)  # the reward is at the last step
         with torch.no_grad():
             target = r + (1 - done) * self.critic_target(torch.cat([s2, self.actor_target(s2)], 1))
         critic_loss = nn.functional.mse_loss(self.critic(torch.cat([s, a], 1)), target)
@@ -155,7 +155,8 @@ def ddpg_search(model, data: Any, speed_up: float, episodes: int = 300, warmup: 
             else:
                 action = _truncated_normal(agent.act(s), sigma, noise_gen)
             ratio = lowest_ratio + action * (1 - lowest_ratio)
-            index = max(lowest, max(i for i, r in enumerate(ratios) if r <= ratio + 1e-9))
+            index = max((i for i, r in enumerate(ratios) if r <= ratio + 1e-9), default=lowest)
+            index = max(index, lowest)
             gene[step] = clip_action(model, gene, step, index, lowest, budget, budget * (1 - window))
             taken = (ratios[gene[step]] - lowest_ratio) / max(1 - lowest_ratio, 1e-9)  # the clipped action
             previous = ratios[gene[step]]
