@@ -89,6 +89,11 @@ CASES: dict[str, tuple[Callable[[], torch.nn.Module], str, str]] = {
     # position bias computed once in the encoder
     "DeBERTa-v2": (_hf("DebertaV2ForSequenceClassification", "DebertaV2Config", **TEXT), "text", "🤗"),
     "MPNet": (_hf("MPNetForSequenceClassification", "MPNetConfig", **TEXT), "text", "🤗"),
+    # DeBERTa-v3's disentangled attention: relative position embeddings through the shared key / query projections
+    "DeBERTa-v3 (relative, shared keys)": (_hf("DebertaV2ForSequenceClassification", "DebertaV2Config",
+                                                relative_attention=True, pos_att_type=["p2c", "c2p"],
+                                                max_relative_positions=16, share_att_key=True, position_buckets=8,
+                                                norm_rel_ebd="layer_norm", **TEXT), "text", "🤗"),
     # a factorised embedding and one layer shared by every pass
     "ALBERT": (_hf("AlbertForSequenceClassification", "AlbertConfig", embedding_size=32, **TEXT), "text", "🤗"),
     # decoders: causal, rotary, grouped-query attention (4 query / 2 key-value heads), pruned in key/value groups;
