@@ -3,8 +3,9 @@
 each MACs target with each head granularity (whole key/value groups; query heads only), then finetuned with the
 same budget for every variant (token-level distillation from the unpruned model). Reports perplexity (validation:
 texts carved from train; test: the corpus's test split) right after pruning and after finetuning, parameters, the
-time to prune, and greedy ``generate()`` tokens/s with the KV cache before and after. Torch-Pruning's own LLM path
-(``MetaPruner`` with ``num_heads`` / ``prune_num_heads``) runs on the same model in a subprocess with a time limit.
+time to prune, and greedy ``generate()`` tokens/s with the KV cache of every model, measured interleaved at the end.
+Torch-Pruning's own LLM path (``MetaPruner`` with ``num_heads`` / ``prune_num_heads``) runs on the same model in a
+subprocess with a time limit.
 
     python benchmarks/llm.py          # writes results/llm.{json,md}; every stage cached under outputs/llm
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,21 +80,25 @@ def log(message: str) -> None:
 
 
 @torch.inference_mode()
-def generate_speed(model, prompts: torch.Tensor, new_tokens: int) -> float:
-    """Greedy tokens per second with the (dynamic) KV cache, one prompt at a time, after one warm-up."""
-    model.eval()
-    model.generate(prompts[:1], max_new_tokens=4, do_sample=False)
-    start, produced = time.perf_counter(), 0
-    for p in prompts:
-        out = model.generate(p[None], max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-        produced += out.shape[1] - p.numel()
-    return produced / (time.perf_counter() - start)
+def generate_speeds(models: dict, prompts: torch.Tensor, new_tokens: int, rounds: int = 3) -> dict[str, float]:
+    """Greedy tokens per second with the (dynamic) KV cache, one prompt at a time, every model in turn for each
+    prompt (interleaved, so they share the machine's noise), median over ``rounds``."""
+    for model in models.values():
+        model.eval().generate(prompts[:1], max_new_tokens=4, do_sample=False)  # warm-up
+    rates: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for p in prompts:
+            for name, model in models.items():
+                start = time.perf_counter()
+                out = model.generate(p[None], max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+                rates[name].append((out.shape[1] - p.numel()) / (time.perf_counter() - start))
+    return {name: statistics.median(r) for name, r in rates.items()}
 
 
-def measure(model, data, prompts, args) -> dict:
+def measure(model, data) -> dict:
     macs, params = hm.count_macs_and_params(model, data.example_inputs(1))
     return {"val_ppl": hm.perplexity(model, data, "validation"), "test_ppl": hm.perplexity(model, data, "test"),
-            "macs": macs, "params": params, "tokens_per_s": generate_speed(model, prompts, args.generate_tokens)}
+            "macs": macs, "params": params}
 
 
 def torch_pruning_llm(base_dir: str, ids: torch.Tensor, ratio: float, timeout: float) -> dict:
@@ -138,7 +144,7 @@ def main(argv=None) -> dict:
         tok.save_pretrained(base_dir)
         log(f"base model trained in {time.time() - start:.0f} s")
     prompts = data.validation.blocks[:8, :16]
-    rows = [{"model": "unpruned", **measure(base, data, prompts, args)}]
+    rows = [{"model": "unpruned", **measure(base, data)}]
     log(f"unpruned: {rows[0]}")
     inputs = data.example_inputs(4)
     for granularity in args.granularities:
@@ -152,12 +158,12 @@ def main(argv=None) -> dict:
             start = time.time()
             result = hm.prune_to_speedup(base, inputs, speed_up, head_granularity=granularity)
             seconds = time.time() - start
-            pruned = measure(result.model, data, prompts, args)
+            pruned = measure(result.model, data)
             heads = result.model.config.pruned_attention_heads
             kv = result.model.config.pruned_key_value_heads
             tuned = hm.finetune_causal_lm(result.model, data, os.path.join(args.output_dir, name, "run"),
                                           epochs=args.finetune_epochs, teacher=base, **train).model
-            after = measure(tuned, data, prompts, args)
+            after = measure(tuned, data)
             record = {"model": name, "granularity": granularity, "target": speed_up, "speed_up": result.speed_up,
                       "prune_seconds": seconds, "heads": list(heads.values()), "kv_heads": list(kv.values()),
                       "pruned": pruned, **after}
@@ -166,6 +172,11 @@ def main(argv=None) -> dict:
                 json.dump(record, f, indent=2)
             rows.append(record)
             log(f"{name}: {record}")
+    models = {"unpruned": base, **{r["model"]: tf.AutoModelForCausalLM.from_pretrained(
+        os.path.join(args.output_dir, r["model"], "model")) for r in rows[1:]}}
+    speeds = generate_speeds(models, prompts, args.generate_tokens)  # side by side, after every training run
+    for r in rows:
+        r["tokens_per_s"] = speeds[r["model"]]
     ratio = 1 - 1 / min(args.speed_ups)
     tp_row = torch_pruning_llm(base_dir, inputs["input_ids"], ratio, args.tp_timeout)
     log(f"Torch-Pruning's LLM path (pruning_ratio {ratio:.2f}): {tp_row}")

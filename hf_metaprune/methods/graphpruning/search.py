@@ -100,9 +100,9 @@ def ddpg_search(model, data: Any, speed_up: float, episodes: int = 300, warmup: 
     ``noise_decay`` per episode) and train the agent (``updates_per_episode`` minibatches, default one per group).
     Actions are preserve ratios in ``[lowest_ratio, 1]`` snapped down to the width grid and clipped by the action
     wall (:func:`clip_action`) so that the MACs land in ``[(1 − window)·M/speed_up, M/speed_up]`` (``M``: the full
-    network's), the window MetaPruning's evolutionary search uses, where the grid allows. State of group ``t``: its GCN embedding for the gene so far (groups not yet decided at
-    full width), ``t / groups``, MACs removed so far and MACs still ahead (fractions of the full network's), and the
-    previous action. Reward: accuracy of the generated network on ``eval_samples`` validation images after
+    network's), the window MetaPruning's evolutionary search uses, where the grid allows. State of group ``t``: its
+    GCN embedding for the gene so far (groups not yet decided at full width), ``t / groups``, MACs removed so far and
+    MACs still ahead (fractions of the full network's), and the previous action. Reward: accuracy of the generated network on ``eval_samples`` validation images after
     recalibrating BatchNorm; a gene is never evaluated twice. Seeded: the same seed gives the same search.
     """
     speed_up = check_number("speed_up", speed_up, 1.0, low_inclusive=False)
@@ -111,7 +111,8 @@ def ddpg_search(model, data: Any, speed_up: float, episodes: int = 300, warmup: 
     noise = check_number("noise", noise, 0.0)
     noise_decay = check_number("noise_decay", noise_decay, 0.0, 1.0)
     for name, value, low in (("episodes", episodes, 1), ("warmup", warmup, 0), ("batch_size", batch_size, 1),
-                             ("recalibration_samples", recalibration_samples, 1), ("eval_batch_size", eval_batch_size, 1)):
+                             ("recalibration_samples", recalibration_samples, 1),
+                             ("eval_batch_size", eval_batch_size, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     start = time.time()
