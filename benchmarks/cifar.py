@@ -728,7 +728,7 @@ def _pruningnet_stage(args, cache: Cache, seed: int, stage: str, base, data, met
     under ``name``)."""
     from transformers import TrainingArguments
 
-    cls = hm.GraphPruningModel if stage == "graphpruning" else hm.PruningNetModel
+    cls = hm.get_method(stage).model_class  # the stages are named after the registered methods
     folder = os.path.join(args.output_dir, name, stage)
     if cache.record(name) is not None:
         return cls.from_pretrained(folder).eval()
@@ -764,11 +764,10 @@ def _search_and_finetune(args, cache: Cache, name: str, pruningnet, base_macs: f
     if search == "ddpg":
         found = pruningnet.search(data, speed_up, episodes=args.rl_episodes, warmup=args.rl_warmup, **evaluation)
     else:
-        evolution = pruningnet.evolutionary_search if isinstance(pruningnet, hm.GraphPruningModel) else \
-            pruningnet.search
-        found = evolution(data, speed_up, num_iterations=args.search_iterations, population=population,
-                          top_k=population, num_parents=max(2, population // 5), mutations=population // 2,
-                          crossovers=population // 2, **evaluation)
+        found = pruningnet.evolutionary_search(data, speed_up, num_iterations=args.search_iterations,
+                                               population=population, top_k=population,
+                                               num_parents=max(2, population // 5), mutations=population // 2,
+                                               crossovers=population // 2, **evaluation)
     search_seconds = time.time() - t
     x = data.example_inputs()
     raw = pruningnet.generate(found.gene).model  # BatchNorm statistics as generated: right after pruning

@@ -110,12 +110,12 @@ def main(argv: list[str] | None = None) -> dict | None:
     t = time.time()
     found = None
     if state.is_main_process:
-        common = dict(recalibration_samples=args.recalibration_samples, eval_samples=args.eval_samples,
-                      seed=args.seed, disable_tqdm=args.disable_tqdm)
+        common = dict(window=args.window, recalibration_samples=args.recalibration_samples,
+                      eval_samples=args.eval_samples, seed=args.seed, disable_tqdm=args.disable_tqdm)
         if args.method == "graphpruning":  # DDPG over the coupled groups, AMC's action wall keeps the budget
             found = pruningnet.search(data, args.speed_up, episodes=args.rl_episodes, warmup=args.rl_warmup, **common)
         else:
-            found = pruningnet.search(data, args.speed_up, window=args.window, num_iterations=args.num_iterations,
+            found = pruningnet.search(data, args.speed_up, num_iterations=args.num_iterations,
                                       population=args.population, top_k=args.population,
                                       num_parents=max(2, args.population // 5), mutations=args.population // 2,
                                       crossovers=args.population // 2, **common)

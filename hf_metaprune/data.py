@@ -211,10 +211,7 @@ def _load_splits(source: str, val_size: int | float, max_train_samples: int | No
                  label_candidates: tuple[str, ...], label_column: str | None) -> _Splits:
     """What both loaders share: check the arguments, load train / test, pick and check the columns and labels."""
     _check_arguments(val_size, max_train_samples, max_test_samples)
-    raw, files = _load_raw(source)
-    if "train" not in raw:
-        raise ValueError(f"dataset '{source}' has no 'train' split (found {list(raw)}); name its files "
-                         "train.parquet and test.parquet, or train-00000-of-00002.parquet ... (the Hub layout)")
+    raw, files = _load_with_train(source)
     what, candidates = input_kind
     input_column = input_column or _pick_column(raw["train"], candidates, what, source)
     label_column = label_column or _pick_column(raw["train"], label_candidates, "label", source)
@@ -231,6 +228,15 @@ def _load_splits(source: str, val_size: int | float, max_train_samples: int | No
     splits = {name: split.head(heads[name]) for name, split in splits.items()}
     labels = {name: ids[:len(splits[name].data)] for name, ids in labels.items()}
     return _Splits(splits["train"], splits.get("test"), input_column, labels, num_classes, class_names)
+
+
+def _load_with_train(source: str) -> tuple[datasets.DatasetDict, dict[str, list[tuple[str, int]]]]:
+    """:func:`_load_raw`, refusing a dataset without a train split."""
+    raw, files = _load_raw(source)
+    if "train" not in raw:
+        raise ValueError(f"dataset '{source}' has no 'train' split (found {list(raw)}); name its files "
+                         "train.parquet and test.parquet, or train-00000-of-00002.parquet ... (the Hub layout)")
+    return raw, files
 
 
 def _labels(train: _Split, test: _Split | None, column: str
@@ -563,6 +569,18 @@ def train_wordpiece_tokenizer(texts, vocab_size: int = 4000) -> "PreTrainedToken
                                    sep_token="[SEP]", mask_token="[MASK]")
 
 
+def _resolve_tokenizer(tokenizer, training_texts: list[str], vocab_size: int):
+    """A tokenizer object as given, a local path or Hub id through ``AutoTokenizer``, or (None) a WordPiece vocabulary
+    trained on ``training_texts`` only — never on validation or test texts."""
+    if tokenizer is None:
+        return train_wordpiece_tokenizer(training_texts, vocab_size)
+    if isinstance(tokenizer, str):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(tokenizer)
+    return tokenizer
+
+
 def load_text_classification(
     source: str,
     tokenizer=None,
@@ -585,12 +603,7 @@ def load_text_classification(
                           text_column, TEXT_LABEL_COLUMNS, label_column)
     texts = _texts(splits.train, splits.input_column)
     train_idx, val_idx = _carve_validation(len(texts), val_size, seed)
-    if tokenizer is None:  # the vocabulary sees the training examples only, never validation or test
-        tokenizer = train_wordpiece_tokenizer([texts[i] for i in train_idx.tolist()], vocab_size)
-    elif isinstance(tokenizer, str):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+    tokenizer = _resolve_tokenizer(tokenizer, [texts[i] for i in train_idx.tolist()], vocab_size)
 
     def encode(texts: list[str], labels: torch.Tensor) -> TokenizedTextDataset:
         ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
@@ -683,10 +696,7 @@ def load_text_corpus(
     if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral) or block_size < 2:
         raise ValueError(f"block_size must be an integer >= 2 (tokens per training example), got {block_size!r}")
     _check_arguments(val_size, max_train_samples, max_test_samples)
-    raw, files = _load_raw(source)
-    if "train" not in raw:
-        raise ValueError(f"dataset '{source}' has no 'train' split (found {list(raw)}); name its files "
-                         "train.parquet and test.parquet, or train-00000-of-00002.parquet ... (the Hub layout)")
+    raw, files = _load_with_train(source)
     column = text_column or _pick_column(raw["train"], TEXT_COLUMNS, "text", source)
     heads = {"train": max_train_samples, "test": max_test_samples}
     texts = {}
@@ -700,12 +710,7 @@ def load_text_corpus(
     train_idx, val_idx = _carve_validation(len(texts["train"]), val_size, seed)
     train_texts = [texts["train"][i] for i in sorted(train_idx.tolist())]
     val_texts = [texts["train"][i] for i in sorted(val_idx.tolist())]
-    if tokenizer is None:
-        tokenizer = train_wordpiece_tokenizer(train_texts, vocab_size)
-    elif isinstance(tokenizer, str):
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+    tokenizer = _resolve_tokenizer(tokenizer, train_texts, vocab_size)
 
     def blocks(split: str, rows: list[str]) -> TokenBlockDataset:
         stream = [t for ids in tokenizer(rows)["input_ids"] for t in ids]

@@ -421,16 +421,17 @@ def coupled_groups(model: nn.Module, example_inputs: Any, head_granularity: str 
     attention = find_attention_modules(model)
     layouts = head_layouts(attention, head_granularity)
     dg = build_dependency_graph(model, example_inputs)
-    untouchable = {model.get_submodule(n.rpartition(".")[0]) for names in tied_parameters(model) for n in names}
-    return dg, prunable_groups(dg, ignored=set(), prune_hidden=not attention, untouchable=untouchable)[0], layouts
+    return dg, prunable_groups(dg, ignored=set(), prune_hidden=not attention, untouchable=tied_modules(model))[0], \
+        layouts
 
 
-def tied_parameters(model: nn.Module) -> list[list[str]]:
-    """Names sharing one Parameter object (e.g. tied input/output embeddings)."""
+def tied_modules(model: nn.Module) -> set[nn.Module]:
+    """Modules holding a Parameter object shared with another name (e.g. tied input/output embeddings): never
+    pruned in any role, since pruning one side would untie them."""
     by_id: dict[int, list[str]] = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         by_id.setdefault(id(p), []).append(name)
-    return [names for names in by_id.values() if len(names) > 1]
+    return {model.get_submodule(n.rpartition(".")[0]) for names in by_id.values() if len(names) > 1 for n in names}
 
 
 def unit_channel_indices(dg: tp.DependencyGraph, group, units, layouts: dict[nn.Module, HeadLayout]) -> list[int]:

@@ -159,10 +159,10 @@ class _PrunedConfigsOnDemand(dict):
     def __contains__(self, key: object) -> bool:
         if not dict.__contains__(self, key) and isinstance(key, str) and key.startswith("metaprune_"):
             base_type = key.removeprefix("metaprune_")
-            if base_type in CONFIG_MAPPING_NAMES:
-                for _, members in _auto_mappings(CONFIG_MAPPING[base_type]):
-                    for member in members:
-                        pruned_model_class(member)
+            if base_type in CONFIG_MAPPING_NAMES:  # one pruned class registers every other of its config
+                member = next((m for _, members in _auto_mappings(CONFIG_MAPPING[base_type]) for m in members), None)
+                if member is not None:
+                    pruned_model_class(member)
         return dict.__contains__(self, key)
 
 

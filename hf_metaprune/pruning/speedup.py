@@ -24,7 +24,7 @@ from ..graph.tracing import (build_dependency_graph, call_model, channel_dim_siz
                              check_supported_modules)
 from .cost import count_macs, count_macs_and_params
 from .groups import (ChannelGroups, coupled_groups, group_layout, head_size, num_channel_groups, prunable_groups,
-                     tied_parameters, unit_channel_indices)
+                     tied_modules, unit_channel_indices)
 from .pretrained import attach_pruned_config
 
 logger = logging.getLogger(__name__)
@@ -188,8 +188,7 @@ def _prune_copy(model: nn.Module, example_inputs: Any, ignored_names: set[str], 
     macs0, params0 = macs, sum(p.numel() for p in model.parameters())
     target, floor = macs0 / speed_up, macs0 / (speed_up * (1 + tolerance))
     ignored = {model.get_submodule(n) for n in ignored_names}
-    # never touched in any role: pruning one side of tied weights would untie them
-    untouchable = {model.get_submodule(n.rpartition(".")[0]) for names in tied_parameters(model) for n in names}
+    untouchable = tied_modules(model)
     initial: dict[int, int] = {}
     steps, note = 0, ""
     while macs > target:
@@ -237,22 +236,21 @@ def _prune_units(dg: tp.DependencyGraph, group, units: list[int], layouts: dict)
         pruning_group.prune()
     except (IndexError, RuntimeError) as e:
         raise _untraceable(dg, group, e) from e
-    for linear, dim, idxs in followers:
-        _remove_indices(linear, dim, idxs)
+    for linear, dim, idxs in followers:  # output rows (with the bias) or input columns
+        for name, p in list(linear.named_parameters(recurse=False)):
+            if dim == 0 or p.dim() > 1:
+                _drop_entries(linear, name, dim, idxs)
+        linear.out_features, linear.in_features = linear.weight.shape
     for _, module, attr in layout.per_head if layout else ():  # per-head tables lose the removed heads' entries too
-        p = getattr(module, attr)
-        keep = torch.tensor(sorted(set(range(p.shape[-1])) - set(units)))
-        setattr(module, attr, nn.Parameter(p.data.index_select(p.dim() - 1, keep).clone(),
-                                           requires_grad=p.requires_grad))
+        _drop_entries(module, attr, getattr(module, attr).dim() - 1, units)
 
 
-def _remove_indices(linear: nn.Linear, dim: int, idxs: list[int]) -> None:
-    """Drop output rows (``dim=0``, with the bias) or input columns (``dim=1``) ``idxs`` of ``linear``."""
-    keep = torch.tensor(sorted(set(range(linear.weight.shape[dim])) - set(idxs)), device=linear.weight.device)
-    for name, p in list(linear.named_parameters(recurse=False)):
-        if dim == 0 or p.dim() > 1:
-            setattr(linear, name, nn.Parameter(p.data.index_select(dim, keep).clone(), requires_grad=p.requires_grad))
-    linear.out_features, linear.in_features = linear.weight.shape
+def _drop_entries(module: nn.Module, name: str, dim: int, idxs: list[int]) -> None:
+    """Replace parameter ``name`` of ``module`` by a copy without entries ``idxs`` along ``dim`` (keeping
+    ``requires_grad``): for the tensors Torch-Pruning does not trace."""
+    p = getattr(module, name)
+    keep = torch.tensor(sorted(set(range(p.shape[dim])) - set(idxs)), device=p.device, dtype=torch.long)
+    setattr(module, name, nn.Parameter(p.data.index_select(dim, keep).clone(), requires_grad=p.requires_grad))
 
 
 def _finish(model: nn.Module, frozen: set[str], attention: list) -> None:

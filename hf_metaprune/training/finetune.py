@@ -47,6 +47,15 @@ class ClassifierWithLoss(nn.Module):
         return out
 
 
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's term: KL(teacher ‖ student) between temperature-softened distributions, times ``temperature²``,
+    averaged over the rows of ``[..., classes]`` logits (examples, or tokens of a language model)."""
+    classes, t = logits.shape[-1], temperature
+    return F.kl_div(F.log_softmax(logits.reshape(-1, classes) / t, -1),
+                    F.log_softmax(teacher_logits.reshape(-1, classes) / t, -1),
+                    reduction="batchmean", log_target=True) * t * t
+
+
 class ClassifierTrainer(Trainer):
     """A Trainer adding distillation (``teacher``) and group-norm sparse learning (``sparsity_groups``)."""
 
@@ -65,9 +74,7 @@ class ClassifierTrainer(Trainer):
         if self.teacher is not None and model.training:
             with torch.no_grad():
                 teacher_logits = classifier_logits(self.teacher, inputs)
-            t = self.distill_temperature
-            kd = F.kl_div(F.log_softmax(outputs["logits"] / t, -1), F.log_softmax(teacher_logits / t, -1),
-                          reduction="batchmean", log_target=True) * t * t
+            kd = distillation_loss(outputs["logits"], teacher_logits, self.distill_temperature)
             loss = (1 - self.distill_alpha) * loss + self.distill_alpha * kd
         if self.sparsity_groups is not None and self.sparsity_lambda > 0 and model.training:
             params = {n.removeprefix("model."): p for n, p in self.accelerator.unwrap_model(model).named_parameters()}

@@ -12,7 +12,7 @@ from transformers import Trainer, TrainingArguments
 
 from ..data import LanguageModelingData
 from ..graph.tracing import device_of
-from .finetune import FinetuneResult
+from .finetune import FinetuneResult, distillation_loss
 
 
 class CausalLMTrainer(Trainer):
@@ -31,11 +31,7 @@ class CausalLMTrainer(Trainer):
         if self.teacher is not None and model.training:
             with torch.no_grad():
                 teacher_logits = self.teacher(input_ids=inputs["input_ids"], use_cache=False).logits
-            t = self.distill_temperature
-            vocab = teacher_logits.shape[-1]
-            kd = F.kl_div(F.log_softmax(outputs.logits.view(-1, vocab) / t, -1),
-                          F.log_softmax(teacher_logits.view(-1, vocab) / t, -1),
-                          reduction="batchmean", log_target=True) * t * t
+            kd = distillation_loss(outputs.logits, teacher_logits, self.distill_temperature)
             loss = (1 - self.distill_alpha) * loss + self.distill_alpha * kd
         return (loss, outputs) if return_outputs else loss
 

@@ -115,11 +115,8 @@ class GraphPruningModel(PruningNetModel):
         return nodes[self.layer_groups.to(self.device)].flatten(1)
 
     def search(self, data, speed_up: float, **kwargs):
-        """GraphPruning's reinforcement-learning search (:func:`ddpg_search`)."""
+        """GraphPruning's reinforcement-learning search (:func:`ddpg_search`); the inherited
+        :meth:`evolutionary_search` runs MetaPruning's on the same generators (the RL-vs-evolution ablation)."""
         from .search import ddpg_search
 
         return ddpg_search(self, data, speed_up, **kwargs)
-
-    def evolutionary_search(self, data, speed_up: float, **kwargs):
-        """MetaPruning's evolutionary search on these generators (the RL-vs-evolution ablation)."""
-        return PruningNetModel.search(self, data, speed_up, **kwargs)

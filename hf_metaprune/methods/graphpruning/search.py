@@ -141,8 +141,8 @@ def ddpg_search(model, data: Any, speed_up: float, episodes: int = 300, warmup: 
     def state(gene: list[int], step: int, previous: float) -> torch.Tensor:
         with torch.no_grad():
             embedding = model.node_embeddings(gene)[step].detach().cpu().float()
-        removed = (full - model.macs(gene[:step] + [top] * (n - step))) / full
-        ahead = (model.macs(gene[:step] + [top] * (n - step)) - model.macs(gene[:step] + [lowest] * (n - step))) / full
+        widest = model.macs(gene[:step] + [top] * (n - step))  # the groups to come at full width
+        removed, ahead = (full - widest) / full, (widest - model.macs(gene[:step] + [lowest] * (n - step))) / full
         return torch.cat([embedding, torch.tensor([step / n, removed, ahead, previous])])
 
     bar = tqdm(range(warmup + episodes), desc="DDPG search", disable=disable_tqdm)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...pruning.groups import ChannelGroups
-from ...training.finetune import classifier_logits
+from ...training.finetune import classifier_logits, distillation_loss
 
 
 def group_norm_stats(groups: ChannelGroups, norms: torch.Tensor, weak_threshold: float = 0.1,
@@ -41,9 +41,7 @@ def task_loss(module: nn.Module, state: dict[str, torch.Tensor], batch: dict[str
         ce = F.cross_entropy(logits, batch["labels"])
         if teacher_logits is None or distill_weight <= 0:
             return ce, float(ce.detach())
-        t = distill_temperature
-        kd = F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(teacher_logits / t, -1), reduction="batchmean",
-                      log_target=True) * t * t
+        kd = distillation_loss(logits, teacher_logits, distill_temperature)
         return (1 - distill_weight) * ce + distill_weight * kd, float(ce.detach())
 
     loss, parts = torch.zeros((), device=batch["labels"].device), {}

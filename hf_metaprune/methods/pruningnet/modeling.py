@@ -221,7 +221,11 @@ class PruningNetModel(PruningMethodPreTrainedModel):
         return result
 
     def search(self, data: Any, speed_up: float, **kwargs) -> "SearchResult":
-        """Evolutionary search for the best gene under a MACs budget (:func:`evolutionary_search`)."""
+        """The method's search for the best gene under a MACs budget: MetaPruning's evolutionary search."""
+        return self.evolutionary_search(data, speed_up, **kwargs)
+
+    def evolutionary_search(self, data: Any, speed_up: float, **kwargs) -> "SearchResult":
+        """MetaPruning's evolutionary search on these generators (:func:`evolutionary_search`)."""
         from .search import evolutionary_search
 
         return evolutionary_search(self, data, speed_up, **kwargs)
