@@ -6,7 +6,7 @@ warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", 
 from . import models  # registers the CIFAR models with timm
 from .graph import NetworkGraph, UnsupportedModuleError, graph_to_model, model_to_graph
 from .pruning import (ChannelGroups, PruneResult, count_macs_and_params, load_pruned, measure_latency, module_widths,
-                      prune_to_speedup, prune_to_widths, save_pruned)
+                      prune_to_speedup, prune_to_widths, prune_units, save_pruned)
 from .data import load_image_classification, load_text_classification, load_text_corpus
 from .env import library_versions
 from .training import (DataModelZoo, evaluate_accuracy, finetune, finetune_causal_lm, perplexity, prune_and_finetune,
@@ -16,6 +16,7 @@ from .methods.metapruner import (MetaPrunerConfig, MetaPrunerModel, MetaPrunerTr
                                  meta_train)
 from .methods.pruningnet import PruningNetConfig, PruningNetModel, PruningNetTrainer
 from .methods.graphpruning import GraphPruningConfig, GraphPruningModel
+from .methods.stamp import STAMPConfig, STAMPModel, STAMPTrainer
 
 __version__ = "0.1.0"
 
@@ -33,6 +34,9 @@ __all__ = [
     "PruningNetConfig",
     "PruningNetModel",
     "PruningNetTrainer",
+    "STAMPConfig",
+    "STAMPModel",
+    "STAMPTrainer",
     "UnsupportedModuleError",
     "count_macs_and_params",
     "evaluate_accuracy",
@@ -53,6 +57,7 @@ __all__ = [
     "prune_and_finetune",
     "prune_to_speedup",
     "prune_to_widths",
+    "prune_units",
     "save_pruned",
     "train_zoo",
 ]

@@ -72,6 +72,27 @@ class ImageClassificationData:
     def collator(self, augment: bool = False, generator: torch.Generator | None = None) -> "ImageCollator":
         return ImageCollator(self.mean, self.std, augment=augment, generator=generator)
 
+    def select_classes(self, classes) -> "ImageClassificationData":
+        """The same splits restricted to ``classes`` (ids of this dataset), relabelled ``0..len(classes)-1`` in
+        the order given: a task of a class split (a reference set of classes, an unseen target set)."""
+        classes = [int(c) for c in classes] if not isinstance(classes, (str, bytes)) else classes
+        if (not isinstance(classes, list) or not classes or len(set(classes)) != len(classes)
+                or not all(0 <= c < self.num_classes for c in classes)):
+            raise ValueError(f"select_classes: classes must be distinct class ids in 0..{self.num_classes - 1}, got "
+                             f"{classes!r}")
+        lookup = torch.full((self.num_classes,), -1, dtype=torch.long)
+        lookup[torch.tensor(classes)] = torch.arange(len(classes))
+
+        def pick(split: TensorImageDataset | None) -> TensorImageDataset | None:
+            if split is None:
+                return None
+            keep = lookup[split.labels] >= 0
+            return TensorImageDataset(split.images[keep], lookup[split.labels[keep]])
+
+        names = tuple(self.class_names[c] for c in classes) if self.class_names else None
+        return ImageClassificationData(pick(self.train), pick(self.validation), pick(self.test), len(classes),
+                                       self.mean, self.std, names)
+
     def example_inputs(self, batch_size: int = 1, device: torch.device | str | None = None) -> torch.Tensor:
         """A normalised batch of validation images, for tracing and MACs counting."""
         return self.collator()([self.validation[i] for i in range(batch_size)])["pixel_values"].to(device)

@@ -6,10 +6,12 @@
   an evolutionary search picks the structure.
 - ``graphpruning``: GraphPruning (Zhang et al., 2022): the PruningNet's generators read GCN embeddings of the layer
   graph; a DDPG agent picks the structure.
+- ``stamp``: STAMP (Song et al., 2020): a Set Transformer over a sample of a new task and per-group mask generators
+  prune a reference backbone for that task before training on it.
 """
 from .base import PruningMethodPreTrainedModel
 from .mapping import METHODS, PruningMethod, get_method, register_method
-from . import graphpruning, metapruner, pruningnet  # noqa: E402  (register themselves)
+from . import graphpruning, metapruner, pruningnet, stamp  # noqa: E402  (register themselves)
 
 __all__ = ["METHODS", "PruningMethod", "PruningMethodPreTrainedModel", "get_method", "graphpruning", "metapruner",
-           "pruningnet", "register_method"]
+           "pruningnet", "register_method", "stamp"]

@@ -185,6 +185,20 @@ class ChannelGroups:
             total += layer.macs * keep
         return total
 
+    def expected_macs(self, keep: torch.Tensor) -> torch.Tensor:
+        """MACs of the layers when unit ``u`` is kept with probability ``keep[u]`` (independently): each layer's
+        MACs times the mean keep of its output units times that of its input units. Differentiable in ``keep``
+        (a budget term for generated masks); a 0/1 ``keep`` gives :meth:`macs` of the removed units exactly."""
+        ext = torch.cat([keep.float(), keep.new_ones(1, dtype=torch.float32)])  # index num_units: never removed
+        total = ext.new_zeros(())
+        for layer in self.layers:
+            factor = ext.new_ones(())
+            for units in (layer.out_units, layer.in_units):
+                if units is not None:
+                    factor = factor * ext[units.to(ext.device)].mean()
+            total = total + layer.macs * factor
+        return total
+
     def _unit_costs(self, removed: torch.Tensor) -> torch.Tensor:
         """MACs freed by removing each unit now: every layer it touches loses 1/width of its current MACs."""
         ext = torch.cat([removed, removed.new_zeros(1)])

@@ -276,13 +276,32 @@ def prune_to_widths(model: nn.Module, example_inputs: Any, widths, keep: str = "
     """
     if keep not in ("first", "group_l2"):
         raise ValueError(f"keep must be 'first' or 'group_l2', got {keep!r}")
+    return prune_units(model, example_inputs, lambda groups, params: groups.removed_for_widths(
+        widths, params if keep == "group_l2" else None), inplace, head_granularity)
+
+
+def prune_units(model: nn.Module, example_inputs: Any, removed, inplace: bool = False,
+                head_granularity: str = "kv_group") -> PruneResult:
+    """Prune exactly the pruning units ``removed`` names: a boolean tensor with one entry per unit of
+    :class:`~hf_metaprune.ChannelGroups` ``.from_model(model, example_inputs)`` (a mask a method generated), or a
+    callable ``(groups, params) -> that tensor``. Every group keeps at least one unit. The result saves and reloads
+    exactly like :func:`prune_to_speedup`'s."""
     check_supported_modules(model)
     pruned = copy.deepcopy(model)
     frozen = {n for n, p in pruned.named_parameters() if not p.requires_grad}
     attention = find_attention_modules(pruned)
     dg, tp_groups, layouts = coupled_groups(pruned, example_inputs, head_granularity)
     groups = ChannelGroups.from_coupled_groups(pruned, example_inputs, dg, tp_groups, layouts)
-    removed = groups.removed_for_widths(widths, dict(pruned.named_parameters()) if keep == "group_l2" else None)
+    if callable(removed):
+        removed = removed(groups, dict(pruned.named_parameters()))
+    if not isinstance(removed, torch.Tensor) or removed.dtype != torch.bool or removed.shape != (groups.num_units,):
+        raise ValueError(f"prune_units: removed must be a bool tensor of shape ({groups.num_units},) (one entry per "
+                         f"pruning unit of the model's ChannelGroups), got {removed!r}")
+    removed = removed.cpu()
+    emptied = [g for g in range(groups.num_groups) if bool(removed[groups.group_of_unit == g].all())]
+    if emptied:
+        raise ValueError(f"prune_units: removed empties the coupled groups {emptied}; every group keeps at least one "
+                         "unit")
     macs0, params0 = count_macs_and_params(pruned, example_inputs)
     start = 0
     for group, size in zip(tp_groups, groups.group_sizes):
