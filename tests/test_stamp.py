@@ -236,3 +236,22 @@ def test_prune_units_refuses_a_mask_of_the_wrong_shape_or_an_emptied_group():
     removed = groups.group_of_unit == 0
     with pytest.raises(ValueError, match="empties the coupled groups \\[0\\]"):
         hm.prune_units(model, example_input(32), removed)
+
+
+def test_an_untrained_generator_starts_from_the_backbones_own_ranking():
+    torch.manual_seed(0)
+    backbone = make_model("cifar_resnet20", num_classes=6)
+    groups = hm.ChannelGroups.from_model(backbone, example_input(32))
+    weak = [s for s in groups.slices if s.param == "layer3.2.conv1.weight" and s.dim == 0][0]
+    units = weak.unit[weak.index < 20]  # the first 20 inner channels of the last block: made weak by hand
+    factor = torch.ones(groups.num_units)
+    factor[units] = 1e-3
+    with torch.no_grad():
+        weakened = groups.apply_mask(dict(backbone.named_parameters()), factor)
+        for name, p in backbone.named_parameters():
+            p.copy_(weakened[name])
+    stamp = hm.STAMPModel.from_network(backbone, hidden_size=16, num_heads=2, num_inducing_points=4, set_size=24)
+    logits, removed = stamp.task_masks(_task(), 1.3)
+    assert removed[units].all()  # the weak channels go first
+    tie = hm.STAMPModel.from_network(backbone, hidden_size=16, num_heads=2, num_inducing_points=4, init_from_norms=False)
+    assert torch.allclose(tie.generator.groups[0][2].bias, torch.full_like(tie.generator.groups[0][2].bias, 3.0))

@@ -4,10 +4,10 @@ from transformers import TrainingArguments
 
 from ..mapping import register_method
 from .configuration import STAMPConfig
-from .modeling import MaskGenerator, SetEncoder, STAMPModel, STAMPOutput, fit_head, task_sample
+from .modeling import MaskGenerator, SetEncoder, STAMPModel, STAMPOutput, attach_head, fit_head, task_sample
 from .trainer import EpisodeCollator, STAMPTrainer, TaskEpisodes
 
 register_method("stamp", STAMPConfig, STAMPModel, STAMPTrainer, TrainingArguments)
 
 __all__ = ["EpisodeCollator", "MaskGenerator", "STAMPConfig", "STAMPModel", "STAMPOutput", "STAMPTrainer", "SetEncoder",
-           "TaskEpisodes", "fit_head", "task_sample"]
+           "TaskEpisodes", "attach_head", "fit_head", "task_sample"]

@@ -35,6 +35,8 @@ class STAMPConfig(PretrainedConfig):
         num_inducing_points: learned inducing points of each ISAB (16–32).
         num_isab: ISAB blocks in the encoder (2).
         init_keep_logit: the generators' initial logit bias: every channel starts kept with sigmoid(3) ≈ 0.95.
+        init_from_norms: start each unit's logit from its group-L2 norm's z-score within its group (the backbone's
+            own ranking), so an untrained generator already ranks like DepGraph; ``False``: every unit ties.
         mask_temperature: of the relaxed Bernoulli masks during meta-training (0.1, as BBDropout ports use).
         budget: ``"macs"`` — λ·max(0, E[MACs]/MACs − 1/speed-up), the speed-up a user asks for — or ``"kl"`` —
             the KL divergence of each unit's keep probability from a Bernoulli prior keeping ``1/speed-up``, each
@@ -52,6 +54,7 @@ class STAMPConfig(PretrainedConfig):
     def __init__(self, base_architecture: str | None = None, base_model_kwargs: dict[str, Any] | None = None,
                  input_shape: list[int] | tuple[int, ...] = (3, 32, 32), hidden_size: int = 128, num_heads: int = 4,
                  num_inducing_points: int = 16, num_isab: int = 2, init_keep_logit: float = 3.0,
+                 init_from_norms: bool = True,
                  mask_temperature: float = 0.1, budget: str = "macs", budget_weight: float = 5.0,
                  speed_ups: list[float] | tuple[float, ...] = (1.5, 4.0), set_size: int = 200,
                  feature_size: int | None = None, group_sizes: list[int] | None = None, dataset: str | None = None,
@@ -88,6 +91,9 @@ class STAMPConfig(PretrainedConfig):
         self.num_inducing_points = _positive_int(num_inducing_points, "num_inducing_points")
         self.num_isab = _positive_int(num_isab, "num_isab")
         self.init_keep_logit = _number(init_keep_logit, "init_keep_logit", -20, 20)
+        if not isinstance(init_from_norms, bool):
+            raise TypeError(f"STAMPConfig: init_from_norms must be a bool, got {init_from_norms!r}")
+        self.init_from_norms = init_from_norms
         self.mask_temperature = _number(mask_temperature, "mask_temperature", 0, 10, closed_low=False)
         self.budget = budget
         self.budget_weight = _number(budget_weight, "budget_weight", 0, 1e6)

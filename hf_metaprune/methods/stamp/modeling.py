@@ -11,8 +11,6 @@ import copy
 import math
 import random
 from dataclasses import dataclass
-from typing import Any
-
 import timm
 import torch
 import torch.nn.functional as F
@@ -78,7 +76,8 @@ class SetEncoder(nn.Module):
 
 class MaskGenerator(nn.Module):
     """One MLP per coupled group: (task embedding, log target speed-up) → a keep-logit per unit of the group,
-    starting at ``init_keep_logit`` for every unit (masks start mostly open)."""
+    starting at ``init_keep_logit`` for every unit (masks start mostly open; :meth:`STAMPModel.init_from_norms`
+    adds the backbone's own ranking)."""
 
     def __init__(self, group_sizes: list[int], hidden_size: int, init_keep_logit: float):
         super().__init__()
@@ -154,7 +153,22 @@ class STAMPModel(PruningMethodPreTrainedModel):
         except RuntimeError as e:
             raise ValueError(f"STAMPModel.from_network: the weights of {type(backbone).__name__} do not fit a fresh "
                              f"{architecture} (a pruned model?): {e}") from e
+        if model.config.init_from_norms:
+            model.init_from_norms()
         return model
+
+    @torch.no_grad()
+    def init_from_norms(self) -> None:
+        """Start every unit's keep-logit at ``init_keep_logit`` plus its group-L2 norm's z-score within its group
+        (log scale), so the generators begin from the backbone's own ranking (DepGraph's criterion) and meta-training
+        learns how a task moves it, instead of starting from a tie broken by noise."""
+        groups = self.groups
+        params = {k: v.detach() for k, v in self.network.named_parameters()}
+        log_norms = groups.unit_sq_norms(params, include_bias=False).clamp_min(1e-12).log().cpu()
+        for g, mlp in enumerate(self.generator.groups):
+            x = log_norms[groups.group_of_unit == g]
+            z = (x - x.mean()) / x.std().clamp_min(1e-6) if len(x) > 1 else torch.zeros_like(x)
+            mlp[2].bias.copy_(self.config.init_keep_logit + z.to(mlp[2].bias))
 
     def model_card(self, repo_id: str | None = None):
         from huggingface_hub import ModelCard, ModelCardData
@@ -324,7 +338,7 @@ class STAMPModel(PruningMethodPreTrainedModel):
             num_classes = (task_data.num_classes if isinstance(task_data, ImageClassificationData)
                            else int(task_data["labels"].max()) + 1)
         target = copy.deepcopy(model).cpu()
-        _attach_head(target, num_classes)  # the new task's head, attached before pruning removes its inputs
+        attach_head(target, num_classes)  # the new task's head, attached before pruning removes its inputs
         for p in target.parameters():
             p.requires_grad_(True)
         groups = ChannelGroups.from_model(target, self.example_inputs().cpu())
@@ -334,7 +348,7 @@ class STAMPModel(PruningMethodPreTrainedModel):
         return prune_units(target, self.example_inputs().cpu(), removed, inplace=True)
 
 
-def _attach_head(model: nn.Module, num_classes: int) -> None:
+def attach_head(model: nn.Module, num_classes: int) -> None:
     """Replace ``model``'s classifier by a freshly initialised one for ``num_classes`` classes."""
     old = model.get_classifier()
     path = next(name for name, m in model.named_modules() if m is old)
