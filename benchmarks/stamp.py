@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"reference classes {args.reference_classes}: {len(reference.train)} train / {len(reference.validation)} "
         f"val; target {args.target_classes}: {len(target.train)} / {len(target.validation)} / "
         f"{len(target.test) if target.test is not None else 0} test")
-    training = dict(bf16=args.bf16, disable_tqdm=args.disable_tqdm, logging_steps=50)
+    training = dict(bf16=args.bf16, disable_tqdm=args.disable_tqdm, logging_steps=50,
+                    use_cpu=not torch.cuda.is_available())
 
     # 1. the reference backbone (resumable: train_zoo saves after every model and resumes inside one)
     t = time.time()
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
             output_dir=os.path.join(args.output_dir, "stamp-run"), max_steps=args.episodes,
             learning_rate=args.meta_learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05, max_grad_norm=1.0,
             logging_steps=20, eval_strategy="no", save_strategy="no", report_to="none", seed=0,
-            disable_tqdm=args.disable_tqdm, use_cpu=not torch.cuda.is_available())
+            disable_tqdm=args.disable_tqdm, use_cpu=training["use_cpu"])
         trainer = hm.STAMPTrainer(stamp, meta_args, reference, num_episodes=args.episodes,
                                   query_size=args.query_size)
         trainer.train()
