@@ -72,18 +72,6 @@ def log(message: str) -> None:
     print(f"[stamp {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def uniform_widths(groups: hm.ChannelGroups, speed_up: float) -> list[int]:
-    """One width ratio for every group, the largest whose MACs meet ``speed_up`` (bisection)."""
-    target, low, high = groups.macs() / speed_up, 0.0, 1.0
-    for _ in range(40):
-        mid = (low + high) / 2
-        if groups.macs(groups.removed_for_widths(groups.widths_for_ratios([mid] * groups.num_groups))) <= target:
-            low = mid
-        else:
-            high = mid
-    return groups.widths_for_ratios([max(low, 1e-6)] * groups.num_groups)
-
-
 def pruned_for_task(method: str, stamp: hm.STAMPModel, backbone: torch.nn.Module,
                     target: hm.data.ImageClassificationData, speed_up: float, seed: int) -> hm.PruneResult | torch.nn.Module:
     """The backbone for the target task (a fresh head) pruned by ``method`` at ``speed_up``."""
@@ -98,7 +86,7 @@ def pruned_for_task(method: str, stamp: hm.STAMPModel, backbone: torch.nn.Module
         return hm.prune_to_speedup(model, inputs, speed_up, importance="group_l2")
     groups = hm.ChannelGroups.from_model(model, inputs)
     if method == "uniform":
-        return hm.prune_to_widths(model, inputs, uniform_widths(groups, speed_up), keep="group_l2")
+        return hm.prune_to_widths(model, inputs, groups.uniform_widths(speed_up), keep="group_l2")
     scores = torch.rand(groups.num_units, generator=torch.Generator().manual_seed(seed))  # random masks
     return hm.prune_units(model, inputs, stamp.removed_for_speedup(scores, speed_up))
 

@@ -157,3 +157,14 @@ def test_load_pruned_refuses_weights_that_contradict_the_recorded_widths(tmp_pat
     (tmp_path / "pruned_config.json").write_text(json.dumps(spec))
     with pytest.raises(ValueError, match=r"do not match the per-layer widths .*'conv1' is"):
         hm.load_pruned(tmp_path)
+
+
+def test_uniform_widths_is_the_largest_single_ratio_meeting_the_speed_up():
+    groups = hm.ChannelGroups.from_model(make_model("cifar_resnet20"), example_input(32))
+    for speed_up in (1.5, 2.0, 3.0):
+        widths = groups.uniform_widths(speed_up)
+        assert groups.macs(groups.removed_for_widths(widths)) <= groups.macs() / speed_up
+        wider = groups.widths_for_ratios([min(1.0, widths[0] / groups.group_sizes[0] + 0.02)] * groups.num_groups)
+        assert groups.macs(groups.removed_for_widths(wider)) > groups.macs() / speed_up
+    with pytest.raises(ValueError, match="speed_up"):
+        groups.uniform_widths(0.5)

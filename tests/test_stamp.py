@@ -255,3 +255,25 @@ def test_an_untrained_generator_starts_from_the_backbones_own_ranking():
     assert removed[units].all()  # the weak channels go first
     tie = hm.STAMPModel.from_network(backbone, hidden_size=16, num_heads=2, num_inducing_points=4, init_from_norms=False)
     assert torch.allclose(tie.generator.groups[0][2].bias, torch.full_like(tie.generator.groups[0][2].bias, 3.0))
+
+
+def test_stamp_example_under_accelerate_launch(tmp_path):
+    """examples/stamp.py with two processes: backbone and meta-training data-parallel, the unseen task pruned from a
+    sample of its images and finetuned against the uniform multiplier; the STAMP model and pruned network reload."""
+    import json
+    import subprocess
+
+    from test_accelerate import ACCELERATE, DATA, REPO, TIMEOUT, _env, _free_port
+
+    out = tmp_path / "run"
+    cmd = [*ACCELERATE, "--multi_gpu", "--num_processes", "2", "--main_process_port", str(_free_port()),
+           "examples/stamp.py", "--dataset", DATA, "--output_dir", str(out), "--max_train_samples", "1200",
+           "--val_size", "300", "--base_epochs", "0.2", "--episodes", "4", "--set_size", "24",
+           "--finetune_epochs", "0.2", "--disable_tqdm", "true"]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    results = json.loads((out / "results.json").read_text())
+    stamp_row, uniform = results["rows"]
+    assert stamp_row["method"] == "STAMP" and 2.0 <= stamp_row["speed_up"] < 2.04 and uniform["speed_up"] >= 2.0
+    assert hm.load_pruned(out / "pruned").get_classifier().out_features == 4
+    assert "episode_loss" in hm.STAMPModel.from_pretrained(out / "stamp").config.validation_scores

@@ -72,6 +72,20 @@ class ChannelGroups:
                              f"got {ratios!r}")
         return [max(1, int(size * r + 1e-9)) for size, r in zip(self.group_sizes, ratios)]
 
+    def uniform_widths(self, speed_up: float) -> list[int]:
+        """The widths of one ratio for every group (a uniform width multiplier), the largest ratio whose MACs meet
+        ``speed_up`` (bisection; each group keeps at least one unit)."""
+        if isinstance(speed_up, bool) or not isinstance(speed_up, (int, float)) or speed_up < 1:
+            raise ValueError(f"uniform_widths: speed_up must be a number >= 1, got {speed_up!r}")
+        target, low, high = self.macs() / speed_up, 0.0, 1.0
+        for _ in range(40):
+            mid = (low + high) / 2
+            if self.macs(self.removed_for_widths(self.widths_for_ratios([mid] * self.num_groups))) <= target:
+                low = mid
+            else:
+                high = mid
+        return self.widths_for_ratios([max(low, 1e-9)] * self.num_groups)
+
     def removed_for_widths(self, widths, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Boolean per unit: what pruning every group to ``widths[g]`` units removes.
 
