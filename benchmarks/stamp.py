@@ -73,7 +73,8 @@ def log(message: str) -> None:
 
 
 def pruned_for_task(method: str, stamp: hm.STAMPModel, backbone: torch.nn.Module,
-                    target: hm.data.ImageClassificationData, speed_up: float, seed: int) -> hm.PruneResult | torch.nn.Module:
+                    target: hm.data.ImageClassificationData, speed_up: float,
+                    seed: int) -> hm.PruneResult | torch.nn.Module:
     """The backbone for the target task (a fresh head) pruned by ``method`` at ``speed_up``."""
     if method == "stamp":
         return stamp.prune(backbone, target, speed_up, seed=seed)

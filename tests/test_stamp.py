@@ -253,7 +253,8 @@ def test_an_untrained_generator_starts_from_the_backbones_own_ranking():
     stamp = hm.STAMPModel.from_network(backbone, hidden_size=16, num_heads=2, num_inducing_points=4, set_size=24)
     logits, removed = stamp.task_masks(_task(), 1.3)
     assert removed[units].all()  # the weak channels go first
-    tie = hm.STAMPModel.from_network(backbone, hidden_size=16, num_heads=2, num_inducing_points=4, init_from_norms=False)
+    tie = hm.STAMPModel.from_network(backbone, hidden_size=16, num_heads=2, num_inducing_points=4,
+                                     init_from_norms=False)
     assert torch.allclose(tie.generator.groups[0][2].bias, torch.full_like(tie.generator.groups[0][2].bias, 3.0))
 
 

@@ -361,7 +361,8 @@ def attach_head(model: nn.Module, num_classes: int) -> None:
 
 def fit_head(features: torch.Tensor, labels: torch.Tensor, steps: int, learning_rate: float) -> nn.Linear:
     """A fresh linear head for a task: the prototypes' nearest-mean classifier (``w_k = μ_k``,
-    ``b_k = −½‖μ_k‖²``), refined by ``steps`` of full-batch gradient descent on the cross-entropy of ``features``."""
+    ``b_k = −½‖μ_k‖²``), refined by ``steps`` of full-batch gradient descent on the cross-entropy of
+    ``features``."""
     num_classes = int(labels.max()) + 1
     one_hot = F.one_hot(labels, num_classes).to(features.dtype)
     means = (one_hot.t() @ features) / one_hot.sum(0).clamp_min(1).unsqueeze(1)

@@ -33,8 +33,8 @@ class TaskEpisodes(torch.utils.data.Dataset):
             self.by_class.setdefault(c, []).append(i)
         low, high = ways
         if not 2 <= low <= high or high > len(self.by_class):
-            raise ValueError(f"TaskEpisodes: ways must be (low, high) with 2 <= low <= high <= the {len(self.by_class)} "
-                             f"classes of the {split!r} split, got {ways!r}")
+            raise ValueError("TaskEpisodes: ways must be (low, high) with 2 <= low <= high <= the "
+                             f"{len(self.by_class)} classes of the {split!r} split, got {ways!r}")
         if num_episodes < 1 or support_size < high or query_size < high:
             raise ValueError(f"TaskEpisodes: num_episodes ({num_episodes}) must be >= 1 and support_size "
                              f"({support_size}) / query_size ({query_size}) at least one image per class ({high})")
