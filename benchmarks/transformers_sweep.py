@@ -97,7 +97,8 @@ CASES: dict[str, tuple[Callable[[], torch.nn.Module], str, str]] = {
     # a factorised embedding and one layer shared by every pass
     "ALBERT": (_hf("AlbertForSequenceClassification", "AlbertConfig", embedding_size=32, **TEXT), "text", "🤗"),
     # decoders: causal, rotary, grouped-query attention (4 query / 2 key-value heads), pruned in key/value groups;
-    # no head count on the module (read off the query width); the graph adapter does not cover them yet
+    # no head count on the module (read off the query width); in the graph: query/key and value/output node sets
+    # of KV·d channels per layer
     "Llama": (_hf("LlamaForSequenceClassification", "LlamaConfig", **DECODER), "text", "🤗"),
     "Qwen2": (_hf("Qwen2ForSequenceClassification", "Qwen2Config", **DECODER), "text", "🤗"),
     "Mistral": (_hf("MistralForSequenceClassification", "MistralConfig", **DECODER), "text", "🤗"),

@@ -161,13 +161,90 @@ def test_pruned_decoder_reloads_in_a_new_process(tmp_path, name):
                                                               do_sample=False))
 
 
-def test_gpt2_and_the_graph_adapter_refuse_with_the_attention_named():
-    """GPT-2 fuses q/k/v in a Conv1D; the metanetwork's graph adapter does not cover decoder attention yet."""
+def test_gpt2_is_refused_with_the_attention_named():
+    """GPT-2 fuses q/k/v in a Conv1D: pruning and the graph adapter both refuse it, naming the attention."""
     config = transformers.GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
     torch.manual_seed(0)
     gpt2 = transformers.GPT2LMHeadModel(config).eval()
     x = {"input_ids": torch.randint(1, 100, (1, 8))}
     with pytest.raises(hm.UnsupportedModuleError, match=r"module 'transformer\.h\.0\.attn' .*Conv1D"):
         hm.prune_to_speedup(gpt2, x, 1.5)
-    with pytest.raises(hm.UnsupportedModuleError, match=r"module 'model\.layers\.0\.self_attn' .*graph adapter"):
-        hm.model_to_graph(tiny("llama"), IDS)
+    with pytest.raises(hm.UnsupportedModuleError, match=r"module 'transformer\.h\.0\.attn' .*Conv1D"):
+        hm.model_to_graph(gpt2, x)
+
+
+@pytest.mark.parametrize("name,tied", [(n, False) for n in ARCHITECTURES] + [("qwen2", True)])
+def test_decoder_graph_round_trip_is_bit_exact(name, tied):
+    model = tiny(name, tie_word_embeddings=tied)
+    g = hm.model_to_graph(model, IDS)
+    assert g.num_covered_parameters == sum(p.numel() for p in model.parameters())  # a tied weight counts once
+    back = hm.graph_to_model(g, model)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, back.state_dict()[key]), key
+    assert torch.equal(logits(back), logits(model))
+    if tied:
+        assert g.aliases == {"lm_head.weight": "model.embed_tokens.weight"}
+        assert back.lm_head.weight is back.model.embed_tokens.weight
+
+
+def test_decoder_graph_gives_key_value_heads_nodes_and_pairs_each_query_head_with_its_own():
+    model = tiny("llama")  # 4 query heads, 2 key/value heads of 8 channels: g = 2
+    g = hm.model_to_graph(model, IDS)
+    sizes = torch.bincount(g.node_set)
+    for layer in range(2):
+        path = f"model.layers.{layer}.self_attn"
+        assert sizes[g.set_names.index(f"{path}:query_key")] == 16 and sizes[g.set_names.index(f"{path}:value")] == 16
+
+    def targets(name: str) -> torch.Tensor:  # the node each output row of a linear layer writes
+        slot = next(s for s in g.slots if s.name == name)
+        kind = g.edges[slot.kind]
+        return kind.index[1, slot.start:slot.end].view(slot.shape[0], -1)[:, 0]
+
+    def sources(name: str) -> torch.Tensor:  # the node each input column of a linear layer reads
+        slot = next(s for s in g.slots if s.name == name)
+        return g.edges[slot.kind].index[0, slot.start:slot.end].view(slot.shape)[0]
+
+    q, k = targets("model.layers.0.self_attn.q_proj.weight"), targets("model.layers.0.self_attn.k_proj.weight")
+    v, o = targets("model.layers.0.self_attn.v_proj.weight"), sources("model.layers.0.self_attn.o_proj.weight")
+    assert torch.equal(q.view(4, 8), k.view(2, 8).repeat_interleave(2, 0))  # query heads 0, 1 read key head 0
+    assert torch.equal(o.view(4, 8), v.view(2, 8).repeat_interleave(2, 0))  # output columns of head h: value h // 2
+    assert not set(k.tolist()) & set(v.tolist())
+    assert torch.equal(sources("model.layers.0.self_attn.k_proj.weight"),
+                       sources("model.layers.0.self_attn.q_proj.weight"))  # keys read the same hidden channels
+
+
+def _swap_kv_groups(model) -> None:
+    """Exchange key/value groups 0 and 1 in every layer (their query heads, key/value heads and output columns):
+    the same function, with the heads relabelled."""
+    with torch.no_grad():
+        for a in find_attention_modules(model):
+            q, k, v = a.projections
+            d, g = a.head_dim, a.num_heads // a.num_key_value_heads
+            rows = torch.cat([torch.arange(g * d, 2 * g * d), torch.arange(g * d)])
+            q.weight.copy_(q.weight[rows])
+            a.output.weight.copy_(a.output.weight[:, rows])
+            kv_rows = torch.cat([torch.arange(d, 2 * d), torch.arange(d)])
+            k.weight.copy_(k.weight[kv_rows])
+            v.weight.copy_(v.weight[kv_rows])
+
+
+def test_a_metanetwork_transforms_a_decoder_equivariantly_and_prunes_it():
+    model = tiny("llama")
+    g = hm.model_to_graph(model, IDS)
+    metapruner = hm.MetaPrunerModel(hm.MetaPrunerConfig.for_graphs([g], hidden_size=8, num_layers=2)).eval()
+    assert torch.equal(logits(metapruner.transform(model, IDS)), logits(model))  # untrained: the identity
+    torch.manual_seed(1)
+    with torch.no_grad():  # a metanetwork that really edits the weights
+        for p in metapruner.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    transformed = metapruner.transform(model, IDS)
+    assert not torch.allclose(logits(transformed), logits(model))
+    swapped = tiny("llama")
+    _swap_kv_groups(swapped)
+    torch.testing.assert_close(logits(swapped), logits(model), rtol=1e-5, atol=1e-5)  # the same function
+    transformed_swapped = metapruner.transform(swapped, IDS)
+    _swap_kv_groups(transformed_swapped)  # relabelled back: the metanetwork edited the heads, not their labels
+    for key, value in transformed.state_dict().items():
+        torch.testing.assert_close(transformed_swapped.state_dict()[key], value, rtol=1e-4, atol=1e-5)
+    result = metapruner.prune(model, IDS, speed_up=1.5)
+    assert result.speed_up >= 1.5 and result.model(**IDS).logits.shape == logits(model).shape

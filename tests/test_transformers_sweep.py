@@ -15,7 +15,6 @@ REFUSED = {  # model: module named in the error
     "MPNet": "mpnet.encoder.relative_attention_bias",  # a per-head bias embedding shared by every layer
 }
 PRUNING_ONLY = {  # pruned head-aware, but the graph adapter (the metanetwork's input) refuses them: (module, why)
-    **{name: ("model.layers.0.self_attn", "graph adapter") for name in ("Llama", "Qwen2", "Mistral", "Phi")},
     # relative position embeddings projected by the attention's own key / query projections
     "DeBERTa-v3 (relative, shared keys)": ("deberta.encoder.rel_embeddings", "could not trace")}
 

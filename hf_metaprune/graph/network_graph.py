@@ -57,6 +57,7 @@ class NetworkGraph:
     records: dict[str, RecordSet]
     slots: list[Slot]
     static_buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)  # a tied parameter's other names -> its name in slots
 
     @property
     def num_nodes(self) -> int:
@@ -97,6 +98,7 @@ class NetworkGraph:
             else:
                 out[s.name] = self.records[s.kind].features[s.start:s.end, s.column].reshape(s.shape)
         out.update(self.static_buffers)
+        out.update({alias: out[name] for alias, name in self.aliases.items()})  # tied weights stay tied
         return out
 
 
@@ -116,6 +118,7 @@ class _GraphBuilder:
         self.slots: list[Slot] = []
         self.static: dict[str, torch.Tensor] = {}
         self.input_sets: set[int] = set()
+        self.aliases: dict[str, str] = {}
 
     def nodes(self, path: str, module: nn.Module, dim: str, size: int) -> torch.Tensor:
         nodes = self.spaces.dims.get((path, dim))
@@ -157,7 +160,7 @@ class _GraphBuilder:
         records = {k: RecordSet(torch.cat([p[0] for p in v]), torch.cat([p[1] for p in v], 0))
                    for k, v in self.record_parts.items()}
         return NetworkGraph(role, set_of_node.clone(), list(self.spaces.set_names), edges, records, self.slots,
-                            self.static)
+                            self.static, self.aliases)
 
 
 def _join(prefix: str, name: str) -> str:
@@ -266,13 +269,21 @@ def model_to_graph(model: nn.Module, example_inputs: Any) -> NetworkGraph:
     spaces = trace_channel_spaces(model, example_inputs)
     head_nodes = _split_attention_spaces(spaces, model)
     b = _GraphBuilder(spaces)
+    first_name: dict[int, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):  # tied weights (an LM head on the embedding)
+        if first_name.setdefault(id(p), name) != name:
+            b.aliases[name] = first_name[id(p)]
     for path, module in model.named_modules():
         for n, t in module.named_buffers(recurse=False):  # integer constants saved with the model
             if t is not None and not t.is_floating_point() and n != "num_batches_tracked" \
                     and n not in module._non_persistent_buffers_set:
                 b.static[_join(path, n)] = t.clone()
         own = [n for n, p in module.named_parameters(recurse=False) if p is not None]
-        if not own:
+        tied = [n for n in own if _join(path, n) in b.aliases]
+        if tied and len(tied) < len(own):
+            raise UnsupportedModuleError(path, module, f"its parameters {tied} are tied to another module's but "
+                                                       f"{sorted(set(own) - set(tied))} are not")
+        if not own or tied:  # a module whose weights another module holds is represented there once
             continue
         handler = next((h for t, h in _HANDLERS if isinstance(module, t)), None)
         if handler is not None:
@@ -314,8 +325,8 @@ def _split_attention_spaces(spaces: ChannelSpaces, model: nn.Module) -> dict[str
     attention = find_attention_modules(model)
     for a in attention:
         if a.causal:
-            raise UnsupportedModuleError(a.path, a.module, "the graph adapter does not cover decoder (causal) "
-                                                           "attention yet: prune decoder LLMs with prune_to_speedup")
+            _split_decoder_attention(spaces, a, names)
+            continue
         if a.fused:
             nodes = spaces.dims.get((names[a.projections[0]], "out"))
             if nodes is None or (nodes < 0).any() or len(set(nodes.tolist())) != nodes.numel():
@@ -345,6 +356,9 @@ def _split_attention_spaces(spaces: ChannelSpaces, model: nn.Module) -> dict[str
         qk_set = int(spaces.set_of_node[qk_nodes[0]])
         spaces.set_names[qk_set] = f"{a.path}:query_key"
         spaces.consumed_sets.update({qk_set, int(spaces.set_of_node[vo_nodes[0]])})
+    if any(a.causal for a in attention):
+        spaces.merge_nodes(torch.arange(spaces.num_nodes))  # drop the decoders' traced query spaces, now unused
+        spaces.drop_empty_sets()
     head_nodes = {}  # read after every merge (merging renumbers nodes): the query channels of each head
     for a in attention:
         queries = spaces.dims[(names[a.projections[0]], "out")][:a.num_heads * a.head_dim]
@@ -352,8 +366,34 @@ def _split_attention_spaces(spaces: ChannelSpaces, model: nn.Module) -> dict[str
     return head_nodes
 
 
+def _split_decoder_attention(spaces: ChannelSpaces, a, names: dict) -> None:
+    """A decoder attention layer (traced as ``output(query(x))``, keys and values left out) as two node sets of
+    ``KV·d`` channels, one per channel of a key/value head: query/key (query head ``h``'s channel ``t`` and key
+    head ``h // g``'s channel ``t`` meet in q·kᵀ) and value/output (value head ``h // g``'s channel ``t`` is what
+    the output projection's column ``(h, t)`` reads). The ``g`` query heads of a group are edges into the same
+    nodes, so every weight is still one edge (the round trip stays exact) and the key/value heads get nodes of
+    their own, which the traced space of ``H·d`` query channels could not give them."""
+    q, k, v = (names[p] for p in a.projections)
+    o = names[a.output]
+    queries = spaces.dims.get((q, "out"))
+    hidden = spaces.dims.get((q, "in"))
+    if queries is None or hidden is None or (queries < 0).any() or not torch.equal(
+            queries, spaces.dims.get((o, "in"), torch.empty(0))):
+        raise UnsupportedModuleError(a.path, a.module, "its query and output projection channels were not traced "
+                                                       "as one space")
+    kv, d = a.num_key_value_heads, a.head_dim
+    g = a.num_heads // kv
+    channel = torch.arange(a.num_heads * d)
+    grouped = channel // (g * d) * d + channel % d  # query channel (h, t) -> key/value channel (h // g, t)
+    query_key = spaces.add_set(f"{a.path}:query_key", kv * d)
+    value = spaces.add_set(f"{a.path}:value", kv * d)
+    spaces.dims.update({(q, "out"): query_key[grouped], (k, "out"): query_key, (v, "out"): value,
+                        (o, "in"): value[grouped], (k, "in"): hidden, (v, "in"): hidden})
+    spaces.consumed_sets.update({len(spaces.set_names) - 2, len(spaces.set_names) - 1})
+
+
 def _check_coverage(model: nn.Module, graph: NetworkGraph):
-    covered = {s.name for s in graph.slots} | set(graph.static_buffers)
+    covered = {s.name for s in graph.slots} | set(graph.static_buffers) | set(graph.aliases)
     for name in model.state_dict():  # parameters and persistent buffers
         if name not in covered:
             path = name.rsplit(".", 1)[0] if "." in name else ""

@@ -62,6 +62,14 @@ class ChannelSpaces:
                 store[key] = torch.where(nodes >= 0, new_id[nodes.clamp(min=0)], nodes)  # -1: untraced
         self.set_of_node, self.num_nodes = self.set_of_node[used], int(used.sum())
 
+    def drop_empty_sets(self) -> None:
+        """Renumber the node sets so that every set holds nodes (after merges emptied some)."""
+        kept = torch.unique(self.set_of_node).tolist()
+        new_id = {old: new for new, old in enumerate(kept)}
+        self.set_names = [self.set_names[s] for s in kept]
+        self.set_of_node = torch.tensor([new_id[s] for s in self.set_of_node.tolist()], dtype=torch.long)
+        self.consumed_sets = {new_id[s] for s in self.consumed_sets if s in new_id}
+
 
 class _InstanceNormPruner(tp.pruner.function.InstanceNormPruner):
     """Torch-Pruning's InstanceNorm pruner, plus the running statistics it leaves at full width."""
