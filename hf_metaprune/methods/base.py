@@ -134,6 +134,30 @@ class PruningMethodPreTrainedModel(PreTrainedModel):
                                      revision=revision, create_pr=create_pr)
 
 
+def timm_base(model: Any, where: str) -> tuple[str, dict[str, Any]]:
+    """The timm name and ``create_model`` keyword arguments (its class count) of a network a method starts from, or
+    a ValueError naming ``where`` for a model timm did not build."""
+    from ..pruning.serialization import architecture_of
+
+    architecture = architecture_of(model)
+    if architecture is None:
+        raise ValueError(f"{where}: {type(model).__name__} is not a timm model (no pretrained_cfg['architecture']); "
+                         "build it with timm.create_model")
+    num_classes = getattr(model, "num_classes", None)
+    return architecture, ({"num_classes": num_classes} if num_classes is not None else {})
+
+
+def copy_base_weights(network: Any, model: Any, where: str) -> None:
+    """Load ``model``'s weights into a method's fresh copy of its architecture, or a ValueError naming ``where``."""
+    from ..pruning.serialization import architecture_of
+
+    try:
+        network.load_state_dict(model.state_dict())
+    except RuntimeError as e:
+        raise ValueError(f"{where}: the weights of {type(model).__name__} do not fit a fresh "
+                         f"{architecture_of(network) or type(network).__name__} (a pruned model?): {e}") from e
+
+
 def _path_argument(value: Any, argument: str, expected: str, where: str) -> str:
     """``value`` (str or os.PathLike) as a str path, or a TypeError naming ``argument``."""
     if not isinstance(value, (str, os.PathLike)):

@@ -56,7 +56,21 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temper
                     reduction="batchmean", log_target=True) * t * t
 
 
-class ClassifierTrainer(Trainer):
+class EvalCollatorMixin:
+    """For a ``Trainer`` whose evaluation needs another collator (no augmentation): the Trainer has one for both,
+    so ``eval_collator`` stands in while the evaluation loader is built."""
+
+    eval_collator = None
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        train_collator, self.data_collator = self.data_collator, self.eval_collator or self.data_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
+
+
+class ClassifierTrainer(EvalCollatorMixin, Trainer):
     """A Trainer adding distillation (``teacher``) and group-norm sparse learning (``sparsity_groups``)."""
 
     def __init__(self, *args, teacher: nn.Module | None = None, distill_alpha: float = 0.5,
@@ -86,14 +100,6 @@ class ClassifierTrainer(Trainer):
         """safetensors needs contiguous tensors; channels_last weights are not."""
         state_dict = state_dict if state_dict is not None else self.accelerator.unwrap_model(self.model).state_dict()
         super()._save(output_dir, {k: v.contiguous() for k, v in state_dict.items()})
-
-    def get_eval_dataloader(self, eval_dataset=None):
-        """Evaluate without augmentation (the Trainer has one collator for both)."""
-        train_collator, self.data_collator = self.data_collator, self.eval_collator or self.data_collator
-        try:
-            return super().get_eval_dataloader(eval_dataset)
-        finally:
-            self.data_collator = train_collator
 
     def create_optimizer(self, model=None):
         """SGD with Nesterov momentum (the CIFAR standard) unless another ``optim`` was asked for."""

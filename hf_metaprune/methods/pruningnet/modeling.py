@@ -21,8 +21,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 
 from ...graph.tracing import classifier_logits
 from ...pruning import ChannelGroups, PruneResult, prune_to_widths, recalibrate_batchnorm
-from ...pruning.serialization import architecture_of
-from ..base import PruningMethodPreTrainedModel
+from ..base import PruningMethodPreTrainedModel, copy_base_weights, timm_base
 from .configuration import PruningNetConfig
 from .model_card import pruningnet_model_card
 
@@ -83,20 +82,11 @@ class PruningNetModel(PruningMethodPreTrainedModel):
     @classmethod
     def from_network(cls, model: nn.Module, hidden_size: int = 32, **config_kwargs) -> "PruningNetModel":
         """A PruningNet whose shared weights start from ``model`` (a timm model, e.g. a trained base network)."""
-        architecture = architecture_of(model)
-        if architecture is None:
-            raise ValueError(f"PruningNetModel.from_network: {type(model).__name__} is not a timm model (no "
-                             "pretrained_cfg['architecture']); build it with timm.create_model")
-        num_classes = getattr(model, "num_classes", None)
-        kwargs = {"num_classes": num_classes} if num_classes is not None else {}
+        architecture, kwargs = timm_base(model, f"{cls.__name__}.from_network")
         config = cls.config_class(base_architecture=architecture, base_model_kwargs=kwargs, hidden_size=hidden_size,
                                   **config_kwargs)
         pruningnet = cls(config)
-        try:
-            pruningnet.network.load_state_dict(model.state_dict())
-        except RuntimeError as e:
-            raise ValueError(f"PruningNetModel.from_network: the weights of {type(model).__name__} do not fit a fresh "
-                             f"{architecture} (a pruned model?): {e}") from e
+        copy_base_weights(pruningnet.network, model, f"{cls.__name__}.from_network")
         return pruningnet
 
     def model_card(self, repo_id: str | None = None):

@@ -11,6 +11,7 @@ import copy
 import math
 import random
 from dataclasses import dataclass
+
 import timm
 import torch
 import torch.nn.functional as F
@@ -20,8 +21,7 @@ from transformers.utils import ModelOutput
 
 from ...data import ImageClassificationData
 from ...pruning import ChannelGroups, PruneResult, prune_units
-from ...pruning.serialization import architecture_of
-from ..base import PruningMethodPreTrainedModel, model_card_template
+from ..base import PruningMethodPreTrainedModel, copy_base_weights, model_card_template, timm_base
 from .configuration import STAMPConfig
 
 
@@ -141,18 +141,10 @@ class STAMPModel(PruningMethodPreTrainedModel):
     @classmethod
     def from_network(cls, backbone: nn.Module, **config_kwargs) -> "STAMPModel":
         """A STAMP model for ``backbone`` (a timm model pretrained on the reference data), whose weights it copies."""
-        architecture = architecture_of(backbone)
-        if architecture is None:
-            raise ValueError(f"STAMPModel.from_network: {type(backbone).__name__} is not a timm model (no "
-                             "pretrained_cfg['architecture']); build it with timm.create_model")
-        num_classes = getattr(backbone, "num_classes", None)
-        kwargs = {"num_classes": num_classes} if num_classes is not None else {}
+        where = f"{cls.__name__}.from_network"
+        architecture, kwargs = timm_base(backbone, where)
         model = cls(cls.config_class(base_architecture=architecture, base_model_kwargs=kwargs, **config_kwargs))
-        try:
-            model.network.load_state_dict(backbone.state_dict())
-        except RuntimeError as e:
-            raise ValueError(f"STAMPModel.from_network: the weights of {type(backbone).__name__} do not fit a fresh "
-                             f"{architecture} (a pruned model?): {e}") from e
+        copy_base_weights(model.network, backbone, where)
         if model.config.init_from_norms:
             model.init_from_norms()
         return model

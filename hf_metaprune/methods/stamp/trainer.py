@@ -12,6 +12,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from ...data import ImageClassificationData
+from ...training.finetune import EvalCollatorMixin
 from .modeling import STAMPModel
 
 
@@ -77,7 +78,7 @@ class EpisodeCollator:
         return batch
 
 
-class STAMPTrainer(Trainer):
+class STAMPTrainer(EvalCollatorMixin, Trainer):
     """Meta-trains a :class:`STAMPModel` on episodes of ``data`` (the reference dataset): ``args.max_steps``
     episodes (or ``num_train_epochs`` × ``num_episodes``), validated on episodes of the validation split."""
 
@@ -98,10 +99,3 @@ class STAMPTrainer(Trainer):
         super().__init__(model=model, args=args, train_dataset=train, eval_dataset=validation,
                          data_collator=EpisodeCollator(train), **kwargs)
         self.eval_collator = EpisodeCollator(validation, augment=False) if validation is not None else None
-
-    def get_eval_dataloader(self, eval_dataset=None):
-        collator, self.data_collator = self.data_collator, self.eval_collator or self.data_collator
-        try:
-            return super().get_eval_dataloader(eval_dataset)
-        finally:
-            self.data_collator = collator
