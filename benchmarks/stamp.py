@@ -30,7 +30,9 @@ from hf_metaprune.methods.stamp import attach_head
 from hf_metaprune.training import evaluate_accuracy
 
 warnings.filterwarnings("ignore", message=".*(unwrapped|jit.script).*")
-METHODS = ("stamp", "uniform", "random", "group-l2", "full")
+# stamp-untrained: the same masks from a generator that was never meta-trained (its initial ranking, the backbone's
+# group-L2 z-scores): what meta-training adds
+METHODS = ("stamp", "stamp-untrained", "uniform", "random", "group-l2", "full")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,6 +80,12 @@ def pruned_for_task(method: str, stamp: hm.STAMPModel, backbone: torch.nn.Module
     """The backbone for the target task (a fresh head) pruned by ``method`` at ``speed_up``."""
     if method == "stamp":
         return stamp.prune(backbone, target, speed_up, seed=seed)
+    if method == "stamp-untrained":
+        torch.manual_seed(seed)
+        fields = ("hidden_size", "num_heads", "num_inducing_points", "num_isab", "init_keep_logit", "init_from_norms",
+                  "budget", "budget_weight", "speed_ups", "set_size")
+        untrained = hm.STAMPModel.from_network(backbone, **{f: getattr(stamp.config, f) for f in fields}).eval()
+        return untrained.prune(backbone, target, speed_up, seed=seed)
     model = copy.deepcopy(backbone).train().requires_grad_(True)
     attach_head(model, target.num_classes)
     inputs = target.example_inputs()
