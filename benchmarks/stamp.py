@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--speed_ups", type=float, nargs="+", default=[2.0, 3.0])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--num_seeds", type=int, default=3)
+    p.add_argument("--first_seed", type=int, default=0, help="run seeds first_seed..num_seeds-1 (split a run over "
+                   "processes; the table reads every cached seed)")
     p.add_argument("--finetune_epochs", type=float, default=3.0, help="the same for every method")
     p.add_argument("--finetune_learning_rate", type=float, default=0.05)
     p.add_argument("--evals_per_epoch", type=int, default=4, help="validation points of the finetuning curve")
@@ -98,6 +100,21 @@ def pruned_for_task(method: str, stamp: hm.STAMPModel, backbone: torch.nn.Module
         return hm.prune_to_widths(model, inputs, groups.uniform_widths(speed_up), keep="group_l2")
     scores = torch.rand(groups.num_units, generator=torch.Generator().manual_seed(seed))  # random masks
     return hm.prune_units(model, inputs, stamp.removed_for_speedup(scores, speed_up))
+
+
+def _cached(args: argparse.Namespace, seed: int) -> list[tuple[str, str]]:
+    root = os.path.join(args.output_dir, "runs", f"seed-{seed}")
+    return [(root, f"{m}-{s:g}x") for m in args.methods for s in ([1.0] if m == "full" else args.speed_ups)
+            if os.path.isfile(os.path.join(root, f"{m}-{s:g}x", "record.json"))]
+
+
+def add_seconds(output_dir: str, seconds: dict[str, float]) -> dict[str, float]:
+    """Accumulate each stage's wall time over resumed runs (a cached stage adds ~0), in output_dir."""
+    path = os.path.join(output_dir, "stage_seconds.json")
+    total = json.load(open(path)) if os.path.isfile(path) else {}
+    total = {k: total.get(k, 0.0) + seconds.get(k, 0.0) for k in {*total, *seconds}}
+    write_json(path, total)
+    return total
 
 
 def write_json(path: str, payload: dict) -> None:
@@ -152,6 +169,9 @@ def main(argv: list[str] | None = None) -> dict:
     # 3. every method on the target task, the same finetuning budget
     runs = []
     for seed in range(args.num_seeds):
+        if seed < args.first_seed:  # another process runs these: read what it has cached
+            runs += [json.load(open(os.path.join(root, name, "record.json"))) for root, name in _cached(args, seed)]
+            continue
         for method in args.methods:
             for speed_up in ([1.0] if method == "full" else args.speed_ups):
                 name = f"seed-{seed}/{method}-{speed_up:g}x"
@@ -220,8 +240,9 @@ def main(argv: list[str] | None = None) -> dict:
                          f"{mean_std(row['test_accuracy'], 100)} | {mean_std(row['finetune_seconds'])} | "
                          f"{mean_std(hit)} | {len(hit)}/{len(group)} |")
     table = "\n".join(lines)
+    stages = add_seconds(args.output_dir, {"backbone": backbone_seconds, "meta_training": meta_seconds})
     summary = {"arguments": vars(args), "versions": hm.library_versions(), "backbone_val_accuracy": backbone_val,
-               "stage_seconds": {"backbone": backbone_seconds, "meta_training": meta_seconds},
+               "stage_seconds": stages,
                "reach_threshold": threshold, "table": table, "rows": rows, "runs": runs}
     os.makedirs(args.results_dir, exist_ok=True)
     write_json(os.path.join(args.results_dir, "stamp.json"), summary)
