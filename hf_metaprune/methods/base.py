@@ -134,6 +134,21 @@ class PruningMethodPreTrainedModel(PreTrainedModel):
                                      revision=revision, create_pr=create_pr)
 
 
+def check_base_fields(where: str, base_architecture: Any, base_model_kwargs: Any, input_shape: Any) -> list[int]:
+    """Validate the fields every method's config shares for the timm network it works on; ``input_shape`` as a
+    list."""
+    if base_architecture is not None and (not isinstance(base_architecture, str) or not base_architecture):
+        raise TypeError(f"{where}: base_architecture must be a timm model name, got {base_architecture!r}")
+    if base_model_kwargs is not None and not isinstance(base_model_kwargs, dict):
+        raise TypeError(f"{where}: base_model_kwargs must be a dict, got {base_model_kwargs!r}")
+    input_shape = list(input_shape) if isinstance(input_shape, (list, tuple)) else input_shape
+    if not isinstance(input_shape, list) or not input_shape or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape):
+        raise ValueError(f"{where}: input_shape must be a list of positive ints (e.g. [3, 32, 32]), got "
+                         f"{input_shape!r}")
+    return input_shape
+
+
 def timm_base(model: Any, where: str) -> tuple[str, dict[str, Any]]:
     """The timm name and ``create_model`` keyword arguments (its class count) of a network a method starts from, or
     a ValueError naming ``where`` for a model timm did not build."""

@@ -5,6 +5,8 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from ..base import check_base_fields
+
 # MetaPruning's grid: scale[i] = (10 + 3i) / 100, i = 0..30 -> 0.10, 0.13, ..., 1.00
 PUBLISHED_WIDTH_RATIOS = [round((10 + 3 * i) / 100, 2) for i in range(31)]
 
@@ -27,15 +29,7 @@ class PruningNetConfig(PretrainedConfig):
                  input_shape: list[int] | tuple[int, ...] = (3, 32, 32), hidden_size: int = 32,
                  width_ratios: list[float] | None = None, label_smoothing: float = 0.1, dataset: str | None = None,
                  validation_scores: dict[str, float] | None = None, **kwargs):
-        if base_architecture is not None and (not isinstance(base_architecture, str) or not base_architecture):
-            raise TypeError(f"PruningNetConfig: base_architecture must be a timm model name, got {base_architecture!r}")
-        if base_model_kwargs is not None and not isinstance(base_model_kwargs, dict):
-            raise TypeError(f"PruningNetConfig: base_model_kwargs must be a dict, got {base_model_kwargs!r}")
-        input_shape = list(input_shape) if isinstance(input_shape, (list, tuple)) else input_shape
-        if not isinstance(input_shape, list) or not input_shape or not all(
-                isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape):
-            raise ValueError(f"PruningNetConfig: input_shape must be a list of positive ints (e.g. [3, 32, 32]), "
-                             f"got {input_shape!r}")
+        input_shape = check_base_fields(type(self).__name__, base_architecture, base_model_kwargs, input_shape)
         if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size < 1:
             raise ValueError(f"PruningNetConfig: hidden_size must be a positive int, got {hidden_size!r}")
         ratios = list(PUBLISHED_WIDTH_RATIOS if width_ratios is None else width_ratios)

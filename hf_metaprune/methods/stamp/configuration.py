@@ -5,6 +5,8 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from ..base import check_base_fields
+
 BUDGETS = ("macs", "kl")
 
 
@@ -59,15 +61,7 @@ class STAMPConfig(PretrainedConfig):
                  speed_ups: list[float] | tuple[float, ...] = (1.5, 4.0), set_size: int = 200,
                  feature_size: int | None = None, group_sizes: list[int] | None = None, dataset: str | None = None,
                  validation_scores: dict[str, float] | None = None, **kwargs):
-        if base_architecture is not None and (not isinstance(base_architecture, str) or not base_architecture):
-            raise TypeError(f"STAMPConfig: base_architecture must be a timm model name, got {base_architecture!r}")
-        if base_model_kwargs is not None and not isinstance(base_model_kwargs, dict):
-            raise TypeError(f"STAMPConfig: base_model_kwargs must be a dict, got {base_model_kwargs!r}")
-        input_shape = list(input_shape) if isinstance(input_shape, (list, tuple)) else input_shape
-        if not isinstance(input_shape, list) or not input_shape or not all(
-                isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape):
-            raise ValueError(f"STAMPConfig: input_shape must be a list of positive ints (e.g. [3, 32, 32]), got "
-                             f"{input_shape!r}")
+        input_shape = check_base_fields(type(self).__name__, base_architecture, base_model_kwargs, input_shape)
         hidden_size, num_heads = _positive_int(hidden_size, "hidden_size"), _positive_int(num_heads, "num_heads")
         if hidden_size % num_heads:
             raise ValueError(f"STAMPConfig: hidden_size ({hidden_size}) must be divisible by num_heads ({num_heads})")
