@@ -42,6 +42,21 @@ def test_groups_give_widths_and_the_width_vector_macs_match_an_independent_count
         assert groups.macs(groups.removed_for_widths(widths)) == _conv_linear_macs(pruned, x)
 
 
+def test_unit_costs_are_the_macs_one_removal_frees():
+    model, x = make_model("cifar_resnet20"), example_input(32)
+    groups = hm.ChannelGroups.from_model(model, x)
+    removed = torch.zeros(groups.num_units, dtype=torch.bool)
+    removed[groups.group_of_unit == 1] = torch.arange(int((groups.group_of_unit == 1).sum())) % 2 == 0
+    for already in (None, removed):
+        costs = groups.unit_costs(already)
+        base = groups.macs(already)
+        for u in torch.nonzero(~removed).flatten()[::7].tolist():
+            one = (already if already is not None else torch.zeros_like(removed)).clone()
+            one[u] = True
+            assert costs[u].item() == pytest.approx(base - groups.macs(one), rel=1e-9)
+    assert groups.unit_costs() is groups.unit_costs()  # the full network's costs: computed once
+
+
 @pytest.mark.parametrize("name,res", [("cifar_resnet20", 32), ("mobilenetv2_100", 64)])
 def test_prune_to_widths_keeps_the_leading_units_exactly_and_reloads(name, res, tmp_path):
     model, x = make_model(name), example_input(res)

@@ -50,6 +50,7 @@ class ChannelGroups:
 
     def __init__(self, slices: list[_Slice], group_of_unit: torch.Tensor, layers: list[_Layer] | None = None):
         self.slices, self.group_of_unit, self.layers = slices, group_of_unit, layers or []
+        self._full_unit_costs: torch.Tensor | None = None
 
     @property
     def num_units(self) -> int:
@@ -213,8 +214,13 @@ class ChannelGroups:
             total = total + layer.macs * factor
         return total
 
-    def _unit_costs(self, removed: torch.Tensor) -> torch.Tensor:
-        """MACs freed by removing each unit now: every layer it touches loses 1/width of its current MACs."""
+    def unit_costs(self, removed: torch.Tensor | None = None) -> torch.Tensor:
+        """MACs freed by removing each unit now (``removed``: the units already gone; ``None``: none): every layer
+        it touches loses 1/width of its current MACs. The full network's costs are a constant, computed once."""
+        if removed is None:
+            if self._full_unit_costs is None:
+                self._full_unit_costs = self.unit_costs(torch.zeros(self.num_units, dtype=torch.bool))
+            return self._full_unit_costs
         ext = torch.cat([removed, removed.new_zeros(1)])
         cost = torch.zeros(self.num_units + 1, dtype=torch.float64)
         for layer in self.layers:
@@ -254,7 +260,7 @@ class ChannelGroups:
             mean = torch.zeros(self.num_groups, dtype=torch.float64).index_add_(0, groups[kept], sq_cpu[kept])
             mean = mean / torch.bincount(groups[kept], minlength=self.num_groups).clamp_min(1)
             score = sq_cpu / mean[groups].clamp_min(1e-12)
-            cost = self._unit_costs(removed)
+            cost = self.unit_costs(removed)
             room_left = (torch.bincount(groups[kept], minlength=self.num_groups) - keep_at_least).tolist()
             need, room, acc, chosen = macs - target, macs - floor, 0.0, []
             is_removed = removed.tolist()

@@ -229,7 +229,7 @@ class STAMPModel(PruningMethodPreTrainedModel):
         target = 1.0 / torch.as_tensor(speed_up, dtype=ratio.dtype, device=ratio.device)
         if self.config.budget == "macs":
             return F.relu(ratio - target), ratio
-        cost = self.groups._unit_costs(torch.zeros(self.groups.num_units, dtype=torch.bool)).to(probs)
+        cost = self.groups.unit_costs().to(probs)
         prior = target.clamp(1e-4, 1 - 1e-4)
         p = probs.clamp(1e-6, 1 - 1e-6)
         kl = p * (p / prior).log() + (1 - p) * ((1 - p) / (1 - prior)).log()
