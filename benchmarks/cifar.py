@@ -111,6 +111,9 @@ METHODS = {  # key: (table name, pre-prune stage, pruning criterion)
     "depgraph": ("DepGraph w/o SL", "plain", "group_l2"),
     "depgraph-sl": ("DepGraph + SL", "sparse", "group_l2"),
     "random": ("random", "plain", "random"),
+    # a uniform width multiplier (MetaPruning's headline baseline) on the sparse stage's model, group-L2 units kept:
+    # against DepGraph + SL it isolates the per-layer width allocation
+    "uniform": ("uniform widths + SL", "sparse", "uniform"),
     "metanetwork": ("metanetwork", "metanetwork", "group_l2"),
     "metanetwork-sl": ("metanetwork + SL", "metanetwork-sparse", "group_l2"),
     # MetaPruning: a PruningNet grown from the base model, trained pre_epochs by stochastic structure sampling (the
@@ -684,7 +687,12 @@ def _prune_and_finetune(args, cache: Cache, name: str, model, data, speed_up: fl
     """Prune a copy of ``model``, measure it right away (validation and test), then finetune ``post_epochs``."""
     t = time.time()
     set_seed(seed)  # random pruning draws from torch's generator
-    pruned = hm.prune_to_speedup(model, data.example_inputs(), speed_up, importance=importance)
+    x = data.example_inputs()
+    if importance == "uniform":
+        widths = hm.ChannelGroups.from_model(model, x).uniform_widths(speed_up)
+        pruned = hm.prune_to_widths(model, x, widths, keep="group_l2")
+    else:
+        pruned = hm.prune_to_speedup(model, x, speed_up, importance=importance)
     prune_seconds = time.time() - t
     record = {"speed_up": pruned.speed_up, "macs": pruned.macs_after, "params": pruned.params_after,
               "pruned_val_accuracy": evaluate_accuracy(pruned.model, data),

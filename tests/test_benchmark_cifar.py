@@ -85,6 +85,8 @@ def test_cpu_small_runs_end_to_end_and_resumes(cifar_benchmark, tmp_path):
     by_key = {(r["method"], r["seed"], r["target_speed_up"]): r for r in written["runs"]}
     assert by_key[("random", 0, 2.0)]["stage_val_accuracy"]["pre_prune"] == \
         by_key[("DepGraph w/o SL", 0, 2.0)]["stage_val_accuracy"]["pre_prune"]
+    assert by_key[("uniform widths + SL", 1, 3.0)]["stage_val_accuracy"]["pre_prune"] == \
+        by_key[("DepGraph + SL", 1, 3.0)]["stage_val_accuracy"]["pre_prune"]
     assert "transformed" in by_key[("metanetwork", 0, 3.0)]["stage_val_accuracy"]
     assert by_key[("metanetwork + SL", 0, 3.0)]["stage_val_accuracy"]["transformed"] == \
         by_key[("metanetwork", 0, 3.0)]["stage_val_accuracy"]["transformed"]

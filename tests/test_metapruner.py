@@ -5,6 +5,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel
 
+import hf_metaprune as hm
 from hf_metaprune import MetaPrunerConfig, MetaPrunerModel, model_to_graph
 
 from conftest import example_input, make_model
@@ -136,6 +137,9 @@ def test_prune_reaches_target_and_keeps_classes():
     assert result.model(torch.randn(4, 3, 32, 32)).shape == (4, 10)
     with pytest.raises(ValueError, match=r"speed_up must be in \(1.0, inf\]"):
         _metapruner().prune(model, x, speed_up=1.0)
+    rounded = _metapruner().prune(model, x, speed_up=2.0, round_to=8)  # kernel-friendly widths
+    assert rounded.speed_up >= 2.0
+    assert all(w % 8 == 0 for w in hm.ChannelGroups.from_model(rounded.model, x).group_sizes)
 
 
 def test_edge_chunking_does_not_change_results():

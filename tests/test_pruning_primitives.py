@@ -183,3 +183,75 @@ def test_uniform_widths_is_the_largest_single_ratio_meeting_the_speed_up():
         assert groups.macs(groups.removed_for_widths(wider)) > groups.macs() / speed_up
     with pytest.raises(ValueError, match="speed_up"):
         groups.uniform_widths(0.5)
+
+
+class TwentyChannels(nn.Module):
+    """Two prunable groups: 20 channels (not a multiple of 8) and 6 (narrower than 8)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2, self.head = nn.Conv2d(3, 20, 3), nn.Conv2d(20, 6, 3), nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head(self.conv2(self.conv1(x).relu()).relu().mean((2, 3)))
+
+
+def test_round_widths_keeps_channel_counts_multiples_and_leaves_full_narrow_and_head_groups():
+    groups = hm.ChannelGroups.from_model(TwentyChannels().eval(), torch.randn(1, 3, 12, 12))
+    assert sorted(groups.group_sizes) == [6, 20]
+    wide = groups.group_sizes.index(20)
+
+    def rounded(w20: int, w6: int, round_to, ratios: bool = False) -> tuple[int, int]:
+        given = [w20, w6] if wide == 0 else [w6, w20]
+        out = groups.widths_for_ratios(given, round_to) if ratios else groups.round_widths(given, round_to)
+        return (out[wide], out[1 - wide])
+
+    assert rounded(13, 3, 8) == (8, 6)  # down to a multiple; a group not wider than 8 stays whole
+    assert rounded(20, 6, 8) == (20, 6)  # the full width stays
+    assert rounded(5, 3, 8) == (8, 6)  # never below one multiple
+    assert rounded(13, 3, None) == (13, 3)
+    assert rounded(0.85, 0.5, 8, ratios=True) == (16, 6)
+    groups.head_groups.add(wide)  # a group of heads keeps its head count as given
+    assert rounded(13, 3, 8) == (13, 6)
+    with pytest.raises(ValueError, match="round_to must be a positive integer"):
+        groups.round_widths([3, 3], 0)
+
+
+def test_uniform_widths_with_round_to_meet_the_target_in_multiples():
+    model, x = make_model("cifar_resnet20"), example_input(32)
+    groups = hm.ChannelGroups.from_model(model, x)
+    for speed_up in (1.5, 2.0):
+        widths = groups.uniform_widths(speed_up, round_to=8)
+        assert all(w % 8 == 0 for w in widths)
+        assert groups.macs() / groups.macs(groups.removed_for_widths(widths)) >= speed_up
+    with pytest.raises(ValueError, match="out of reach"):
+        groups.uniform_widths(40.0, round_to=8)
+
+
+def test_removed_for_speedup_removes_the_lowest_scores_and_gives_back_what_the_target_affords():
+    model, x = make_model("cifar_resnet20"), example_input(32)
+    groups = hm.ChannelGroups.from_model(model, x)
+    scores = torch.arange(groups.num_units, dtype=torch.float32).flip(0)  # the last units score lowest
+    scores[groups.group_of_unit == 0] += 1000.0  # group 0 scores highest: pruned last
+    for round_to in (None, 8):
+        removed = groups.removed_for_speedup(scores, 2.0, round_to)
+        macs = groups.macs(removed)
+        assert groups.macs() / macs >= 2.0
+        kept = torch.bincount(groups.group_of_unit[~removed], minlength=groups.num_groups)
+        assert (kept >= 1).all()
+        if round_to:
+            assert all(k % 8 == 0 for k in kept.tolist()), kept
+        for g in range(groups.num_groups):  # within a group, the removed units are its lowest scores
+            members = groups.group_of_unit == g
+            if removed[members].any() and (~removed[members]).any():
+                assert scores[members & removed].max() <= scores[members & ~removed].min()
+    # no removed unit could stay without missing the target (no rounding: any one unit)
+    removed = groups.removed_for_speedup(scores, 2.0)
+    for u in torch.nonzero(removed).flatten()[::5].tolist():
+        back = removed.clone()
+        back[u] = False
+        assert groups.macs() / groups.macs(back) < 2.0
+    with pytest.raises(ValueError, match="one value per unit"):
+        groups.removed_for_speedup(scores[:-1], 2.0)
+    with pytest.raises(ValueError, match="out of reach"):
+        groups.removed_for_speedup(scores, 1000.0)

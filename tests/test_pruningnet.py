@@ -242,3 +242,20 @@ def test_metapruning_example_refuses_a_zoo_model_on_other_data(tmp_path):
                           "--max_train_samples", "2000", "--val_size", "200", "--output_dir", str(tmp_path)])
     finally:
         del sys.modules["metapruning_example"]
+
+
+def test_round_to_rounds_every_generated_width_and_the_crop_still_equals_the_mask():
+    pn = _pruningnet(round_to=8)
+    x = example_input(32).repeat(2, 1, 1, 1)
+    gene = [(g * 7) % 31 for g in range(pn.num_genes)]
+    widths = pn.widths(gene)
+    assert all(w % 8 == 0 for w in widths), widths
+    assert widths == pn.groups.round_widths(_pruningnet().widths(gene), 8)
+    pruned = pn.generate(gene).model
+    assert hm.ChannelGroups.from_model(pruned, x).group_sizes == widths
+    assert pn.macs(gene) == _conv_linear_macs(pruned, x[:1])
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), pn(x, gene=gene).logits, rtol=1e-4, atol=1e-5)
+    for config in (hm.PruningNetConfig, hm.GraphPruningConfig):
+        with pytest.raises(ValueError, match=f"{config.__name__}: round_to must be a positive integer"):
+            config(base_architecture="cifar_resnet20", round_to=2.5)

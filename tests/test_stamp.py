@@ -278,3 +278,13 @@ def test_stamp_example_under_accelerate_launch(tmp_path):
     assert stamp_row["method"] == "STAMP" and 2.0 <= stamp_row["speed_up"] < 2.04 and uniform["speed_up"] >= 2.0
     assert hm.load_pruned(out / "pruned").get_classifier().out_features == 4
     assert "episode_loss" in hm.STAMPModel.from_pretrained(out / "stamp").config.validation_scores
+
+
+def test_round_to_keeps_every_pruned_width_a_multiple_and_meets_the_target():
+    stamp = _stamp()
+    result = stamp.prune(None, _task(), 2.0, round_to=8)
+    assert result.speed_up >= 2.0
+    sizes = hm.ChannelGroups.from_model(result.model, example_input(32)).group_sizes
+    assert all(w % 8 == 0 for w in sizes), sizes
+    with pytest.raises(ValueError, match="round_to must be a positive integer"):
+        stamp.prune(None, _task(), 2.0, round_to=0)

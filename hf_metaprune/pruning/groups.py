@@ -48,8 +48,10 @@ class ChannelGroups:
     differentiable output.
     """
 
-    def __init__(self, slices: list[_Slice], group_of_unit: torch.Tensor, layers: list[_Layer] | None = None):
+    def __init__(self, slices: list[_Slice], group_of_unit: torch.Tensor, layers: list[_Layer] | None = None,
+                 head_groups: set[int] | None = None):
         self.slices, self.group_of_unit, self.layers = slices, group_of_unit, layers or []
+        self.head_groups = set(head_groups or ())  # groups whose units are attention heads, not channels
         self._full_unit_costs: torch.Tensor | None = None
 
     @property
@@ -65,27 +67,49 @@ class ChannelGroups:
         """Units (channels, or heads) per group: the full width of each searchable dimension."""
         return torch.bincount(self.group_of_unit, minlength=self.num_groups).tolist()
 
-    def widths_for_ratios(self, ratios) -> list[int]:
-        """Per-group widths ``max(1, int(size · ratio))`` (MetaPruning's rounding) for one ratio per group."""
+    def widths_for_ratios(self, ratios, round_to: int | None = None) -> list[int]:
+        """Per-group widths ``max(1, int(size · ratio))`` (MetaPruning's rounding) for one ratio per group, then
+        :meth:`round_widths` when ``round_to`` is given."""
         ratios = list(ratios) if not isinstance(ratios, torch.Tensor) else ratios.tolist()
         if len(ratios) != self.num_groups or not all(isinstance(r, (int, float)) and 0 < r <= 1 for r in ratios):
             raise ValueError(f"ratios must be {self.num_groups} numbers in (0, 1] (one per coupled group), "
                              f"got {ratios!r}")
-        return [max(1, int(size * r + 1e-9)) for size, r in zip(self.group_sizes, ratios)]
+        return self.round_widths([max(1, int(size * r + 1e-9)) for size, r in zip(self.group_sizes, ratios)],
+                                 round_to)
 
-    def uniform_widths(self, speed_up: float) -> list[int]:
+    def round_widths(self, widths, round_to: int | None) -> list[int]:
+        """``widths`` with every channel count rounded down to a multiple of ``round_to`` (at least ``round_to``):
+        fewer MACs only become less latency when widths fit the kernels' tiles. As in
+        :func:`~hf_metaprune.prune_to_speedup`, a group not wider than ``round_to`` stays whole, a full width
+        stays full, and heads stay whole heads (a group of heads is left as given)."""
+        widths = check_widths(widths, self.group_sizes)
+        round_to = check_round_to(round_to)
+        if round_to == 1:
+            return widths
+        return [w if g in self.head_groups or w == size else size if size <= round_to else
+                max(round_to, w // round_to * round_to)
+                for g, (w, size) in enumerate(zip(widths, self.group_sizes))]
+
+    def uniform_widths(self, speed_up: float, round_to: int | None = None) -> list[int]:
         """The widths of one ratio for every group (a uniform width multiplier), the largest ratio whose MACs meet
-        ``speed_up`` (bisection; each group keeps at least one unit)."""
+        ``speed_up`` (bisection; each group keeps at least one unit, or ``round_to`` channels)."""
         if isinstance(speed_up, bool) or not isinstance(speed_up, (int, float)) or speed_up < 1:
             raise ValueError(f"uniform_widths: speed_up must be a number >= 1, got {speed_up!r}")
         target, low, high = self.macs() / speed_up, 0.0, 1.0
+
+        def macs(ratio: float) -> float:
+            return self.macs(self.removed_for_widths(self.widths_for_ratios([ratio] * self.num_groups, round_to)))
+
+        if macs(1e-9) > target * (1 + 1e-9):
+            raise ValueError(f"uniform_widths: a {speed_up}x MACs speed-up is out of reach even at the narrowest "
+                             f"uniform widths ({self.macs() / macs(1e-9):.2f}x with round_to={round_to})")
         for _ in range(40):
             mid = (low + high) / 2
-            if self.macs(self.removed_for_widths(self.widths_for_ratios([mid] * self.num_groups))) <= target:
+            if macs(mid) <= target:
                 low = mid
             else:
                 high = mid
-        return self.widths_for_ratios([max(low, 1e-9)] * self.num_groups)
+        return self.widths_for_ratios([max(low, 1e-9)] * self.num_groups, round_to)
 
     def removed_for_widths(self, widths, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Boolean per unit: what pruning every group to ``widths[g]`` units removes.
@@ -107,6 +131,62 @@ class ChannelGroups:
             start += size
         return removed
 
+    def removed_for_speedup(self, scores: torch.Tensor, speed_up: float, round_to: int | None = None
+                            ) -> torch.Tensor:
+        """Boolean per unit: the lowest ``scores`` removed until the network reaches ``speed_up`` in MACs, then
+        every removed unit the target still affords given back (highest score first), so no removed unit could stay
+        without missing it. Every group keeps its highest-scoring unit; with ``round_to`` channels go in chunks that
+        keep each group's width a multiple of it (see :meth:`round_widths`). For a score a method generated (STAMP's
+        keep-logits, a random draw); a ValueError when the target is out of reach."""
+        if isinstance(speed_up, bool) or not isinstance(speed_up, (int, float)) or speed_up < 1:
+            raise ValueError(f"removed_for_speedup: speed_up must be a number >= 1, got {speed_up!r}")
+        scores = torch.as_tensor(scores).detach().float().cpu()
+        if scores.shape != (self.num_units,):
+            raise ValueError(f"removed_for_speedup: scores must hold one value per unit ({self.num_units}), got "
+                             f"shape {tuple(scores.shape)}")
+        round_to = check_round_to(round_to)
+        chunks, chunk_group = [], []  # removable chunks of units, each group's in the order they must go
+        for g, size in enumerate(self.group_sizes):
+            members = torch.nonzero(self.group_of_unit == g).flatten()
+            ranked = members[torch.argsort(scores[members], stable=True)].tolist()
+            step = 1 if round_to == 1 or g in self.head_groups else round_to
+            if step > 1 and size <= step:
+                continue
+            first = (size - 1) % step + 1 if step > 1 else 1  # down to a multiple first, then whole chunks
+            bounds = [0] + list(range(first, size - step + 1, step))
+            for a, b in zip(bounds, bounds[1:] + [size - step if step > 1 else size - 1]):
+                if b > a:
+                    chunks.append(ranked[a:b])
+                    chunk_group.append(g)
+        order = sorted(range(len(chunks)), key=lambda c: float(scores[chunks[c]].mean()))
+        target = self.macs() / speed_up * (1 + 1e-9)
+
+        def removed(taken) -> torch.Tensor:
+            out = torch.zeros(self.num_units, dtype=torch.bool)
+            for c in taken:
+                out[chunks[c]] = True
+            return out
+
+        if self.macs(removed(order)) > target:
+            raise ValueError(f"removed_for_speedup: a {speed_up}x MACs speed-up is out of reach even with one unit "
+                             f"per coupled group (round_to={round_to})")
+        low, high = 0, len(order)  # the fewest removals meeting the target: MACs fall as more units go
+        while low < high:
+            mid = (low + high) // 2
+            if self.macs(removed(order[:mid])) <= target:
+                high = mid
+            else:
+                low = mid + 1
+        taken = set(order[:low])
+        for c in reversed(order[:low]):  # give back, highest score first, what the target still affords
+            later = c + 1 < len(chunks) and chunk_group[c + 1] == chunk_group[c] and c + 1 in taken
+            if round_to > 1 and later:  # chunks leave a group in order, or its width stops being a multiple
+                continue
+            taken.discard(c)
+            if self.macs(removed(taken)) > target:
+                taken.add(c)
+        return removed(taken)
+
     @classmethod
     def from_model(cls, model: nn.Module, example_inputs: Any, head_granularity: str = "kv_group"
                    ) -> "ChannelGroups":
@@ -119,11 +199,13 @@ class ChannelGroups:
                             layouts: dict[nn.Module, HeadLayout]) -> "ChannelGroups":
         """:meth:`from_model` on groups already traced by :func:`coupled_groups` (no second trace)."""
         names = {m: n for n, m in model.named_modules()}
-        slices, group_of_unit, offset = [], [], 0
+        slices, group_of_unit, offset, head_groups = [], [], 0, set()
         _, layer_macs = count_macs(model, example_inputs)
         for gi, group in enumerate(tp_groups):
             layout = group_layout(dg, group, layouts)
             head = layout.head_dim if layout else 1
+            if layout:
+                head_groups.add(gi)
             size = len(group[0].idxs) // num_channel_groups(dg, group, layouts)
             for item in group:
                 target, is_out = item.dep.target.module, dg.is_out_channel_pruning_fn(item.dep.handler)
@@ -157,7 +239,7 @@ class ChannelGroups:
             group_of_unit.append(torch.full((size // head,), gi, dtype=torch.long))
             offset += size // head
         group_of_unit = torch.cat(group_of_unit) if group_of_unit else torch.zeros(0, dtype=torch.long)
-        return cls(slices, group_of_unit, _layers(model, names, slices, layer_macs, len(group_of_unit)))
+        return cls(slices, group_of_unit, _layers(model, names, slices, layer_macs, len(group_of_unit)), head_groups)
 
     def unit_sq_norms(self, params: dict[str, torch.Tensor], include_bias: bool = True) -> torch.Tensor:
         """Squared L2 norm of every pruning unit (differentiable in ``params``)."""
@@ -475,6 +557,15 @@ def unit_channel_indices(dg: tp.DependencyGraph, group, units, layouts: dict[nn.
     n_ch = num_channel_groups(dg, group, layouts)
     size = len(group[0].idxs) // n_ch
     return sorted(c + g * size for u in units for c in range(u * head, (u + 1) * head) for g in range(n_ch))
+
+
+def check_round_to(round_to: int | None) -> int:
+    """``round_to`` as an int (``None``: 1), or a ValueError saying what is expected."""
+    if round_to is None:
+        return 1
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to must be a positive integer (e.g. 8) or None, got {round_to!r}")
+    return round_to
 
 
 def check_widths(widths, sizes: list[int]) -> list[int]:

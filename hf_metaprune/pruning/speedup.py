@@ -23,8 +23,8 @@ from ..graph.errors import UnsupportedModuleError
 from ..graph.tracing import (build_dependency_graph, call_model, channel_dim_size,
                              check_supported_modules)
 from .cost import count_macs, count_macs_and_params
-from .groups import (ChannelGroups, coupled_groups, group_layout, head_size, num_channel_groups, prunable_groups,
-                     tied_modules, unit_channel_indices)
+from .groups import (ChannelGroups, check_round_to, coupled_groups, group_layout, head_size, num_channel_groups,
+                     prunable_groups, tied_modules, unit_channel_indices)
 from .pretrained import attach_pruned_config
 
 logger = logging.getLogger(__name__)
@@ -156,14 +156,13 @@ def prune_to_speedup(
         raise ValueError("max_pruning_ratio must be below 1: a layer always keeps at least one channel")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
-    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
-        raise ValueError(f"round_to must be a positive integer (e.g. 8) or None, got {round_to!r}")
+    round_to = check_round_to(round_to)
     importance = _resolve_importance(importance)
     ignored_names = _expand_ignored(model, ignored_layers)
     check_supported_modules(model)  # before the copy: old-style weight norm cannot even be deep-copied
     pruned, macs0, macs, params0, steps, note = _prune_copy(
         model, example_inputs, ignored_names, speed_up=speed_up, importance=importance, tolerance=tolerance,
-        max_pruning_ratio=max_pruning_ratio, max_steps=max_steps, prune_hidden=prune_hidden, round_to=round_to or 1,
+        max_pruning_ratio=max_pruning_ratio, max_steps=max_steps, prune_hidden=prune_hidden, round_to=round_to,
         head_granularity=head_granularity)
     if inplace:  # swap the pruned modules in only now: a failure above leaves the caller's model untouched
         model.__dict__.update(pruned.__dict__)

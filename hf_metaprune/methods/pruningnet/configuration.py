@@ -5,6 +5,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from ...pruning.groups import check_round_to
 from ..base import check_base_fields
 
 # MetaPruning's grid: scale[i] = (10 + 3i) / 100, i = 0..30 -> 0.10, 0.13, ..., 1.00
@@ -21,6 +22,9 @@ class PruningNetConfig(PretrainedConfig):
         hidden_size: width of every generator ``FC(context → H) → ReLU → FC(H → weight)`` (32 in the paper).
         width_ratios: the grid of width ratios a gene indexes (the paper's 31 ratios 0.10…1.00); must end at 1.0.
         label_smoothing: of the training loss (0.1 in the paper).
+        round_to: every channel width a gene gives is rounded down to a multiple of this (e.g. 8; see
+            :meth:`~hf_metaprune.ChannelGroups.round_widths`), in training, search and the pruned model alike, so a
+            searched MACs target turns into real latency; the generators still read the gene's ratios.
     """
 
     model_type = "pruningnet"
@@ -28,7 +32,7 @@ class PruningNetConfig(PretrainedConfig):
     def __init__(self, base_architecture: str | None = None, base_model_kwargs: dict[str, Any] | None = None,
                  input_shape: list[int] | tuple[int, ...] = (3, 32, 32), hidden_size: int = 32,
                  width_ratios: list[float] | None = None, label_smoothing: float = 0.1, dataset: str | None = None,
-                 validation_scores: dict[str, float] | None = None, **kwargs):
+                 validation_scores: dict[str, float] | None = None, round_to: int | None = None, **kwargs):
         input_shape = check_base_fields(type(self).__name__, base_architecture, base_model_kwargs, input_shape)
         if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size < 1:
             raise ValueError(f"PruningNetConfig: hidden_size must be a positive int, got {hidden_size!r}")
@@ -40,6 +44,10 @@ class PruningNetConfig(PretrainedConfig):
         if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) or \
                 not 0 <= label_smoothing < 1:
             raise ValueError(f"PruningNetConfig: label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        try:
+            check_round_to(round_to)
+        except ValueError as e:
+            raise ValueError(f"{type(self).__name__}: {e}") from None
         self.base_architecture = base_architecture
         self.base_model_kwargs = dict(base_model_kwargs or {})
         self.input_shape = input_shape
@@ -48,4 +56,5 @@ class PruningNetConfig(PretrainedConfig):
         self.label_smoothing = float(label_smoothing)
         self.dataset = dataset
         self.validation_scores = validation_scores
+        self.round_to = round_to
         super().__init__(**kwargs)

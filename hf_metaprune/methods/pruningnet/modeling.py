@@ -133,7 +133,7 @@ class PruningNetModel(PruningMethodPreTrainedModel):
 
     def widths(self, gene: Iterable[int]) -> list[int]:
         ratios = [self.config.width_ratios[i] for i in self.check_gene(gene)]
-        return self.groups.widths_for_ratios(ratios)
+        return self.groups.widths_for_ratios(ratios, self.config.round_to)
 
     def macs(self, gene: Iterable[int]) -> float:
         """MACs of the pruned network a gene describes (no network is built: microseconds)."""

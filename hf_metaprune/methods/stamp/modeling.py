@@ -262,46 +262,18 @@ class STAMPModel(PruningMethodPreTrainedModel):
         return STAMPOutput(loss=loss, logits=query_logits, keep_logits=logits, expected_macs_ratio=ratio)
 
     # ---- meta-test -------------------------------------------------------------------------------------------
-    def removed_for_speedup(self, keep_logits: torch.Tensor, speed_up: float) -> torch.Tensor:
-        """The units to remove so that the backbone reaches ``speed_up`` in MACs: the lowest keep-logits first
-        (every group keeps its highest-scoring unit) until the target is met, then every removed unit the target
-        still affords is given back (highest logit first), so no removed unit could stay without missing it."""
-        groups = self.groups
-        if isinstance(speed_up, bool) or not isinstance(speed_up, (int, float)) or speed_up < 1:
-            raise ValueError(f"STAMPModel: speed_up must be a number >= 1, got {speed_up!r}")
-        scores = keep_logits.detach().float().cpu()
-        protected = torch.zeros(groups.num_units, dtype=torch.bool)
-        for g in range(groups.num_groups):
-            members = torch.nonzero(groups.group_of_unit == g).flatten()
-            protected[members[scores[members].argmax()]] = True
-        order = [u for u in torch.argsort(scores, stable=True).tolist() if not protected[u]]
-        target = groups.macs() / speed_up
-
-        def removed(k: int) -> torch.Tensor:
-            out = torch.zeros(groups.num_units, dtype=torch.bool)
-            out[order[:k]] = True
-            return out
-
-        if groups.macs(removed(len(order))) > target * (1 + 1e-9):
-            raise ValueError(f"STAMPModel: a {speed_up}x MACs speed-up is out of reach for "
-                             f"{self.config.base_architecture} even with one unit per coupled group")
-        low, high = 0, len(order)  # the fewest removals meeting the target: MACs fall as more units go
-        while low < high:
-            mid = (low + high) // 2
-            if groups.macs(removed(mid)) <= target * (1 + 1e-9):
-                high = mid
-            else:
-                low = mid + 1
-        out = removed(low)  # then give back, highest logit first, every unit the target can still afford
-        for u in reversed(order[:low]):
-            out[u] = False
-            if groups.macs(out) > target * (1 + 1e-9):
-                out[u] = True
-        return out
+    def removed_for_speedup(self, keep_logits: torch.Tensor, speed_up: float, round_to: int | None = None
+                            ) -> torch.Tensor:
+        """The units to remove so that the backbone reaches ``speed_up`` in MACs, the lowest keep-logits first
+        (:meth:`ChannelGroups.removed_for_speedup <hf_metaprune.ChannelGroups.removed_for_speedup>`)."""
+        try:
+            return self.groups.removed_for_speedup(keep_logits, speed_up, round_to)
+        except ValueError as e:
+            raise ValueError(f"STAMPModel ({self.config.base_architecture}): {e}") from None
 
     @torch.no_grad()
-    def task_masks(self, task_data: ImageClassificationData | dict, speed_up: float, seed: int = 0
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def task_masks(self, task_data: ImageClassificationData | dict, speed_up: float, seed: int = 0,
+                   round_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(keep-logits, removed units) for a new task from a class-balanced sample of ``config.set_size`` of its
         training images (``task_data``: an :class:`~hf_metaprune.data.ImageClassificationData` or a collated batch
         ``{"pixel_values", "labels"}``)."""
@@ -312,20 +284,21 @@ class STAMPModel(PruningMethodPreTrainedModel):
             logits = self.keep_logits(pixel_values, float(speed_up))
         finally:
             self.train(was_training)
-        return logits, self.removed_for_speedup(logits, speed_up)
+        return logits, self.removed_for_speedup(logits, speed_up, round_to)
 
     def prune(self, model: nn.Module | None, task_data: ImageClassificationData | dict, speed_up: float,
-              num_classes: int | None = None, seed: int = 0) -> PruneResult:
+              num_classes: int | None = None, seed: int = 0, round_to: int | None = None) -> PruneResult:
         """``model`` (a backbone of this architecture, e.g. the reference backbone itself; ``None``: this model's
         copy) pruned for the task ``task_data`` samples to ``speed_up`` in MACs, with a fresh classifier for the
-        task's ``num_classes`` (default: ``task_data.num_classes``, or the distinct labels of a collated batch)."""
+        task's ``num_classes`` (default: ``task_data.num_classes``, or the distinct labels of a collated batch).
+        ``round_to``: channel counts kept to multiples of it (real speed-ups need kernel-friendly widths)."""
         if model is None:
             model = self.network
         if not isinstance(model, nn.Module) or not isinstance(getattr(model, "get_classifier", lambda: None)(),
                                                                nn.Linear):
             raise TypeError(f"STAMPModel.prune: model must be a timm model of {self.config.base_architecture} whose "
                             f"get_classifier() is a Linear layer, got {type(model).__name__}")
-        logits, removed = self.task_masks(task_data, speed_up, seed)
+        logits, removed = self.task_masks(task_data, speed_up, seed, round_to)
         if num_classes is None:
             num_classes = (task_data.num_classes if isinstance(task_data, ImageClassificationData)
                            else int(task_data["labels"].max()) + 1)
