@@ -5,8 +5,8 @@ import warnings
 warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=FutureWarning)
 from . import models  # registers the CIFAR models with timm
 from .graph import NetworkGraph, UnsupportedModuleError, graph_to_model, model_to_graph
-from .pruning import (ChannelGroups, PruneResult, count_macs_and_params, load_pruned, measure_latency, module_widths,
-                      prune_to_speedup, prune_to_widths, prune_units, save_pruned)
+from .pruning import (ChannelGroups, LatencyTable, PruneResult, count_macs_and_params, load_pruned, measure_latency,
+                      module_widths, prune_to_speedup, prune_to_widths, prune_units, save_pruned)
 from .data import load_image_classification, load_text_classification, load_text_corpus
 from .env import library_versions
 from .training import (DataModelZoo, evaluate_accuracy, finetune, finetune_causal_lm, perplexity, prune_and_finetune,
@@ -25,6 +25,7 @@ __all__ = [
     "DataModelZoo",
     "GraphPruningConfig",
     "GraphPruningModel",
+    "LatencyTable",
     "MetaPrunerConfig",
     "MetaPrunerModel",
     "MetaPrunerTrainer",

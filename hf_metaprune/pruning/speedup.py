@@ -25,6 +25,7 @@ from ..graph.tracing import (build_dependency_graph, call_model, channel_dim_siz
 from .cost import count_macs, count_macs_and_params
 from .groups import (ChannelGroups, check_round_to, coupled_groups, group_layout, head_size, num_channel_groups,
                      prunable_groups, tied_modules, unit_channel_indices)
+from .latency import LatencyTable, batch_size_of, is_tabled
 from .pretrained import attach_pruned_config
 
 logger = logging.getLogger(__name__)
@@ -48,13 +49,23 @@ class PruneResult:
     steps: int = 0
     widths: dict[str, dict[str, int]] = field(default_factory=dict)
     note: str = ""  # set when the result lands outside the requested tolerance, saying why
+    latency_before: float | None = None  # seconds estimated by the LatencyTable pruning ran against, if any
+    latency_after: float | None = None
 
     @property
     def speed_up(self) -> float:
+        """MACs before / after."""
         return self.macs_before / self.macs_after
+
+    @property
+    def latency_speed_up(self) -> float | None:
+        """Estimated latency before / after (pruning against a :class:`~hf_metaprune.LatencyTable`), else None."""
+        return None if self.latency_after is None else self.latency_before / self.latency_after
 
     def __repr__(self) -> str:
         note = f", note={self.note!r}" if self.note else ""
+        if self.latency_after is not None:
+            note = f", latency_speed_up={self.latency_speed_up:.3f} (estimated)" + note
         return (f"PruneResult(speed_up={self.speed_up:.3f}, macs {self.macs_before / 1e6:.2f}M -> "
                 f"{self.macs_after / 1e6:.2f}M, params {self.params_before / 1e6:.3f}M -> "
                 f"{self.params_after / 1e6:.3f}M, steps={self.steps}{note})")
@@ -123,8 +134,10 @@ def prune_to_speedup(
     prune_hidden: bool | None = None,
     round_to: int | None = None,
     head_granularity: str = "kv_group",
+    latency_table: LatencyTable | None = None,
 ) -> PruneResult:
-    """Structurally prune ``model`` until MACs(before) / MACs(after) reaches ``speed_up``.
+    """Structurally prune ``model`` until MACs(before) / MACs(after) reaches ``speed_up`` — or, with a
+    ``latency_table``, until its estimated latency does.
 
     Args:
         importance: "group_l2" (default), "group_l1", "random", or any Torch-Pruning importance.
@@ -144,6 +157,10 @@ def prune_to_speedup(
         head_granularity: decoders with grouped-query attention — ``"kv_group"`` removes whole key/value groups
             (a key and a value head with the query heads reading them), ``"query"`` removes the same number of query
             heads from every group and keeps the key/value heads.
+        latency_table: a :class:`~hf_metaprune.LatencyTable` measured on ``model`` (same module names): the cost
+            pruning meets is then the table's estimated latency — ``speed_up`` is a latency ratio
+            (``PruneResult.latency_speed_up``; ``PruneResult.speed_up`` still reports MACs) and each step's size is
+            the latency its units free; the units are still ranked by ``importance``.
 
     Attention heads (found by :func:`find_attention_modules`) are pruned whole, ranked against MLP neurons and
     channels by the same normalised group criterion; a pruned 🤗 ``PreTrainedModel`` gets a config that rebuilds it
@@ -157,26 +174,30 @@ def prune_to_speedup(
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
     round_to = check_round_to(round_to)
+    if latency_table is not None and not isinstance(latency_table, LatencyTable):
+        raise TypeError(f"latency_table must be a LatencyTable (LatencyTable.measure(model, inputs)), got "
+                        f"{type(latency_table).__name__}")
     importance = _resolve_importance(importance)
     ignored_names = _expand_ignored(model, ignored_layers)
     check_supported_modules(model)  # before the copy: old-style weight norm cannot even be deep-copied
-    pruned, macs0, macs, params0, steps, note = _prune_copy(
+    pruned, macs0, macs, params0, steps, note, latency = _prune_copy(
         model, example_inputs, ignored_names, speed_up=speed_up, importance=importance, tolerance=tolerance,
         max_pruning_ratio=max_pruning_ratio, max_steps=max_steps, prune_hidden=prune_hidden, round_to=round_to,
-        head_granularity=head_granularity)
+        head_granularity=head_granularity, latency_table=latency_table)
     if inplace:  # swap the pruned modules in only now: a failure above leaves the caller's model untouched
         model.__dict__.update(pruned.__dict__)
         model.__class__ = pruned.__class__
         pruned = model
     params_after = sum(p.numel() for p in pruned.parameters())  # MACs were counted at the end of the last step
-    return PruneResult(pruned, macs0, macs, params0, params_after, steps, module_widths(pruned), note)
+    return PruneResult(pruned, macs0, macs, params0, params_after, steps, module_widths(pruned), note, *latency)
 
 
 def _prune_copy(model: nn.Module, example_inputs: Any, ignored_names: set[str], speed_up: float, importance,
                 tolerance: float, max_pruning_ratio: float, max_steps: int, prune_hidden: bool | None,
-                round_to: int = 1, head_granularity: str = "kv_group"
-                ) -> tuple[nn.Module, float, float, int, int, str]:
-    """The pruning loop, on a copy of ``model``: a failure leaves the input untouched."""
+                round_to: int = 1, head_granularity: str = "kv_group", latency_table: LatencyTable | None = None
+                ) -> tuple[nn.Module, float, float, int, int, str, tuple[float | None, float | None]]:
+    """The pruning loop, on a copy of ``model``: a failure leaves the input untouched. It removes units until the
+    cost — MACs, or the latency table's estimate — reaches the target."""
     model = copy.deepcopy(model)  # pruned on a copy: a failure leaves the input untouched
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     attention = find_attention_modules(model)  # raises for attention that cannot be head-pruned
@@ -185,23 +206,37 @@ def _prune_copy(model: nn.Module, example_inputs: Any, ignored_names: set[str], 
     dg = build_dependency_graph(model, example_inputs)  # checks the example inputs first
     macs, layer_macs = count_macs(model, example_inputs)  # one counting forward serves the start and step 1
     macs0, params0 = macs, sum(p.numel() for p in model.parameters())
-    target, floor = macs0 / speed_up, macs0 / (speed_up * (1 + tolerance))
+    if latency_table is not None:
+        batch = batch_size_of(model, example_inputs)
+        missing = [n for n, m in model.named_modules() if m in layer_macs and layer_macs[m] > 0 and
+                   is_tabled(m) and n not in latency_table.layers]
+        if missing:
+            raise ValueError(f"latency_table has no entry for {missing[:3]} ({len(missing)} layers): it was measured "
+                             "on another model; measure it on this one (LatencyTable.measure(model, inputs))")
+
+    def cost_of(macs: float, layer_macs: dict) -> tuple[float, dict]:
+        return (macs, layer_macs) if latency_table is None else latency_table.costs(model, layer_macs, batch)
+
+    cost, layer_cost = cost_of(macs, layer_macs)
+    cost0 = cost
+    target, floor = cost0 / speed_up, cost0 / (speed_up * (1 + tolerance))
     ignored = {model.get_submodule(n) for n in ignored_names}
     untouchable = tied_modules(model)
     initial: dict[int, int] = {}
     steps, note = 0, ""
-    while macs > target:
+    while cost > target:
         if steps >= max_steps:
-            raise RuntimeError(f"did not reach {speed_up}x in {max_steps} steps (at {macs0 / macs:.3f}x)")
+            raise RuntimeError(f"did not reach {speed_up}x in {max_steps} steps (at {cost0 / cost:.3f}x)")
         groups, excluded = prunable_groups(dg, ignored, prune_hidden, untouchable)
-        head_costs = _attention_macs_per_head(attention, layer_macs, layouts)
+        head_costs = _attention_macs_per_head(attention, layer_cost, layouts)
         candidates = []
         for gi, group in enumerate(groups):
-            candidates += _group_candidates(dg, group, gi, importance, layer_macs, initial, max_pruning_ratio,
+            candidates += _group_candidates(dg, group, gi, importance, layer_cost, initial, max_pruning_ratio,
                                             layouts, head_costs, round_to)
         if not candidates:
-            raise ValueError(_unreachable_message(speed_up, macs0 / macs, max_pruning_ratio, excluded, attention))
-        chosen = _choose(candidates, need=macs - target, room=macs - floor)
+            raise ValueError(_unreachable_message(speed_up, cost0 / cost, max_pruning_ratio, excluded, attention,
+                                                  "estimated latency" if latency_table else "MACs"))
+        chosen = _choose(candidates, need=cost - target, room=cost - floor)
         if not chosen:  # every unit left overshoots the tolerance: take the one landing closest above the target
             chosen = [min(candidates, key=lambda c: (c.cost, c.score))]
             n = len(chosen[0].local_indices)
@@ -211,12 +246,13 @@ def _prune_copy(model: nn.Module, example_inputs: Any, ignored_names: set[str], 
         for gi, units in _by_group(chosen).items():
             _prune_units(dg, groups[gi], units, layouts)
         macs, layer_macs = _count_pruned_macs(model, attention, example_inputs)
+        cost, layer_cost = cost_of(macs, layer_macs)
         steps += 1
     if note:
-        note += f"; reached {macs0 / macs:.3f}x"
+        note += f"; reached {cost0 / cost:.3f}x"
         logger.warning("prune_to_speedup: %s", note)
     _finish(model, frozen, attention)
-    return model, macs0, macs, params0, steps, note
+    return model, macs0, macs, params0, steps, note, (None, None) if latency_table is None else (cost0, cost)
 
 
 def _prune_units(dg: tp.DependencyGraph, group, units: list[int], layouts: dict) -> None:
@@ -339,7 +375,7 @@ def _attention_macs_per_head(attention: list, layer_macs: dict[nn.Module, float]
 
 
 def _unreachable_message(speed_up: float, reached: float, max_ratio: float, excluded: dict[str, int],
-                         attention: list) -> str:
+                         attention: list, cost: str = "MACs") -> str:
     """Why no unit is left to prune, and which setting would allow more."""
     limits = [f"every prunable group is down to its floor (max_pruning_ratio={max_ratio} keeps "
               f"{1 - max_ratio:.0%} of each group's channels, heads and neurons, and at least one)"]
@@ -355,8 +391,10 @@ def _unreachable_message(speed_up: float, reached: float, max_ratio: float, excl
     if attention:
         limits.append("attention layers keep at least one head each")
     hint = f"; to go further: {', '.join(hints)}" if hints else ""
-    return (f"cannot reach a speed-up of {speed_up}x: stopped at {reached:.3f}x, the most these settings allow, "
-            f"because {'; '.join(limits)}{hint}")
+    if cost != "MACs":
+        limits.append("the layers the table does not scale (norms, activations, additions) keep a share of it")
+    return (f"cannot reach a speed-up of {speed_up}x in {cost}: stopped at {reached:.3f}x, the most these settings "
+            f"allow, because {'; '.join(limits)}{hint}")
 
 
 def _check_no_empty_layers(model: nn.Module) -> None:
