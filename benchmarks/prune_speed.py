@@ -2,8 +2,9 @@
 
 For each model: graph build, metanetwork forward, pruning to the target MACs speed-up (the three stages of
 ``MetaPrunerModel.prune``), peak memory (RSS high-water mark of this process), and CPU latency (batch 64,
-channels-last) of the original, the pruned model and the model pruned with ``round_to`` (channel counts kept to
-multiples of 8), measured interleaved in one run.
+channels-last) of the original, the pruned model, the model pruned with ``round_to`` (channel counts kept to
+multiples of 8) and the model pruned to the target in *latency* (a :class:`~hf_metaprune.LatencyTable` measured on this
+machine at the same batch size, with ``round_to``), measured interleaved in one run.
 
     python benchmarks/prune_speed.py                      # cifar_resnet56 and resnet50, 2.3x
     python benchmarks/prune_speed.py --models cifar_resnet56 --out results/prune_speed_resnet56.json
@@ -31,7 +32,7 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def run(name: str, speed_up: float, batch: int, repeats: int, round_to: int) -> dict:
+def run(name: str, speed_up: float, batch: int, repeats: int, round_to: int, latency_table_runs: int) -> dict:
     torch.manual_seed(0)
     res = RESOLUTION.get(name, 224)
     model = timm.create_model(name, pretrained=False, num_classes=10 if name.startswith("cifar") else 1000).eval()
@@ -48,9 +49,13 @@ def run(name: str, speed_up: float, batch: int, repeats: int, round_to: int) -> 
     result = prune_to_speedup(transformed, x1, speed_up)
     t3 = time.perf_counter()
     rounded = prune_to_speedup(transformed, x1, speed_up, round_to=round_to)
-
     xb = torch.randn(batch, 3, res, res)
-    models = {"original": model, "pruned": result.model, "rounded": rounded.model}
+    t4 = time.perf_counter()
+    table = hm.LatencyTable.measure(transformed, xb, channels_last=True, runs=latency_table_runs)
+    t5 = time.perf_counter()
+    by_latency = prune_to_speedup(transformed, x1, speed_up, round_to=round_to, latency_table=table)
+
+    models = {"original": model, "pruned": result.model, "rounded": rounded.model, "latency": by_latency.model}
     lat = {k: v * 1e3 for k, v in measure_latency(models, xb, runs=repeats, warmup=1, channels_last=True).items()}
     return {
         "model": name,
@@ -75,6 +80,12 @@ def run(name: str, speed_up: float, batch: int, repeats: int, round_to: int) -> 
         "achieved_macs_speed_up_round_to": round(rounded.speed_up, 4),
         "latency_round_to_ms": round(lat["rounded"], 2),
         "measured_speed_up_round_to": round(lat["original"] / lat["rounded"], 3),
+        "latency_table_s": round(t5 - t4, 2),
+        "latency_table_layers": len(table.layers),
+        "estimated_speed_up_latency_target": round(by_latency.latency_speed_up, 4),
+        "achieved_macs_speed_up_latency_target": round(by_latency.speed_up, 4),
+        "latency_latency_target_ms": round(lat["latency"], 2),
+        "measured_speed_up_latency_target": round(lat["original"] / lat["latency"], 3),
         "peak_rss_GiB_so_far": round(peak_rss_gib(), 2),
     }
 
@@ -86,16 +97,19 @@ def main():
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--round-to", type=int, default=8, help="channel multiple of the rounded variant")
+    parser.add_argument("--latency-table-runs", type=int, default=10, help="timed calls per table entry")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", default="results/prune_speed.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    rows = [run(name, args.speed_up, args.batch, args.repeats, args.round_to) for name in args.models]
+    rows = [run(name, args.speed_up, args.batch, args.repeats, args.round_to, args.latency_table_runs)
+            for name in args.models]
     cols = ["model", "graph_edges", "graph_build_s", "metanetwork_forward_s", "prune_s", "total_prune_call_s",
             "achieved_macs_speed_up", "latency_original_ms", "latency_pruned_ms", "measured_speed_up",
             "achieved_macs_speed_up_round_to", "latency_round_to_ms", "measured_speed_up_round_to",
-            "peak_rss_GiB_so_far"]
+            "latency_table_s", "estimated_speed_up_latency_target", "achieved_macs_speed_up_latency_target",
+            "measured_speed_up_latency_target", "peak_rss_GiB_so_far"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
