@@ -9,6 +9,7 @@ from hf_metaprune.pruning import recalibrate_batchnorm
 from hf_metaprune.training import evaluate_accuracy
 
 from conftest import example_input, make_model
+from test_pruning import TwelveChannels
 
 
 def _conv_linear_macs(model: nn.Module, x: torch.Tensor) -> float:
@@ -185,34 +186,23 @@ def test_uniform_widths_is_the_largest_single_ratio_meeting_the_speed_up():
         groups.uniform_widths(0.5)
 
 
-class TwentyChannels(nn.Module):
-    """Two prunable groups: 20 channels (not a multiple of 8) and 6 (narrower than 8)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.conv2, self.head = nn.Conv2d(3, 20, 3), nn.Conv2d(20, 6, 3), nn.Linear(6, 2)
-
-    def forward(self, x):
-        return self.head(self.conv2(self.conv1(x).relu()).relu().mean((2, 3)))
-
-
 def test_round_widths_keeps_channel_counts_multiples_and_leaves_full_narrow_and_head_groups():
-    groups = hm.ChannelGroups.from_model(TwentyChannels().eval(), torch.randn(1, 3, 12, 12))
-    assert sorted(groups.group_sizes) == [6, 20]
+    groups = hm.ChannelGroups.from_model(TwelveChannels().eval(), torch.randn(1, 3, 12, 12))
+    assert sorted(groups.group_sizes) == [12, 20]
     wide = groups.group_sizes.index(20)
 
-    def rounded(w20: int, w6: int, round_to, ratios: bool = False) -> tuple[int, int]:
-        given = [w20, w6] if wide == 0 else [w6, w20]
+    def rounded(w20: int, w12: int, round_to, ratios: bool = False) -> tuple[int, int]:
+        given = [w20, w12] if wide == 0 else [w12, w20]
         out = groups.widths_for_ratios(given, round_to) if ratios else groups.round_widths(given, round_to)
         return (out[wide], out[1 - wide])
 
-    assert rounded(13, 3, 8) == (8, 6)  # down to a multiple; a group not wider than 8 stays whole
-    assert rounded(20, 6, 8) == (20, 6)  # the full width stays
-    assert rounded(5, 3, 8) == (8, 6)  # never below one multiple
+    assert rounded(19, 3, 16) == (16, 12)  # down to a multiple; a group not wider than 16 stays whole
+    assert rounded(20, 12, 16) == (20, 12)  # the full width stays
+    assert rounded(5, 3, 16) == (16, 12)  # never below one multiple
     assert rounded(13, 3, None) == (13, 3)
-    assert rounded(0.85, 0.5, 8, ratios=True) == (16, 6)
+    assert rounded(0.85, 0.5, 16, ratios=True) == (16, 12)
     groups.head_groups.add(wide)  # a group of heads keeps its head count as given
-    assert rounded(13, 3, 8) == (13, 6)
+    assert rounded(13, 3, 16) == (13, 12)
     with pytest.raises(ValueError, match="round_to must be a positive integer"):
         groups.round_widths([3, 3], 0)
 
