@@ -1,7 +1,8 @@
 """Decoder LLM pruning, measured: a small Llama-style model with grouped-query attention (default 4 layers, hidden
 256, 8 query / 2 key-value heads) trained briefly on a text corpus (the sentences of ../shared/data/sst2), pruned to
 each MACs target with each head granularity (whole key/value groups; query heads only), then finetuned with the
-same budget for every variant (token-level distillation from the unpruned model). Reports perplexity (validation:
+same budget for every variant (token-level distillation from the unpruned model), beside the unpruned model
+finetuned with that same budget (the control: what the finetune alone gives). Reports perplexity (validation:
 texts carved from train; test: the corpus's test split) right after pruning and after finetuning, parameters, the
 time to prune, and greedy ``generate()`` tokens/s with the KV cache of every model, measured interleaved at the end.
 Torch-Pruning's own LLM path (``MetaPruner`` with ``num_heads`` / ``prune_num_heads``) runs on the same model in a
@@ -14,6 +15,7 @@ Resumable: the base model and every variant are saved as they finish, and a reru
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -67,6 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--speed_ups", type=float, nargs="+", default=[1.5, 2.0])
     p.add_argument("--granularities", nargs="+", default=["kv_group", "query"], choices=["kv_group", "query"])
+    p.add_argument("--no_control", action="store_true", help="skip the unpruned model finetuned with the same budget "
+                   "(the control that tells pruning's cost from the finetune's gain)")
     p.add_argument("--generate_tokens", type=int, default=32)
     p.add_argument("--tp_timeout", type=float, default=120.0, help="seconds Torch-Pruning's own path may take")
     p.add_argument("--output_dir", default="outputs/llm")
@@ -147,33 +151,42 @@ def main(argv=None) -> dict:
     rows = [{"model": "unpruned", **measure(base, data)}]
     log(f"unpruned: {rows[0]}")
     inputs = data.example_inputs(4)
-    for granularity in args.granularities:
-        for speed_up in args.speed_ups:
-            name = f"{granularity}-{speed_up:g}x"
-            record_path = os.path.join(args.output_dir, name, "record.json")
-            if os.path.isfile(record_path):
-                with open(record_path) as f:
-                    rows.append(json.load(f))
-                continue
-            start = time.time()
-            result = hm.prune_to_speedup(base, inputs, speed_up, head_granularity=granularity)
-            seconds = time.time() - start
-            pruned = measure(result.model, data)
-            heads = result.model.config.pruned_attention_heads
-            kv = result.model.config.pruned_key_value_heads
-            tuned = hm.finetune_causal_lm(result.model, data, os.path.join(args.output_dir, name, "run"),
-                                          epochs=args.finetune_epochs, teacher=base, **train).model
-            after = measure(tuned, data)
-            record = {"model": name, "granularity": granularity, "target": speed_up, "speed_up": result.speed_up,
-                      "prune_seconds": seconds, "heads": list(heads.values()), "kv_heads": list(kv.values()),
-                      "pruned": pruned, **after}
-            tuned.save_pretrained(os.path.join(args.output_dir, name, "model"))
-            with atomic_update(os.path.dirname(record_path)) as tmp, open(os.path.join(tmp, "record.json"), "w") as f:
-                json.dump(record, f, indent=2)
-            rows.append(record)
-            log(f"{name}: {record}")
-    models = {"unpruned": base, **{r["model"]: tf.AutoModelForCausalLM.from_pretrained(
-        os.path.join(args.output_dir, r["model"], "model")) for r in rows[1:]}}
+    variants = [] if args.no_control else [("control", None)]
+    variants += [(g, s) for g in args.granularities for s in args.speed_ups]
+    for granularity, speed_up in variants:
+        name = "unpruned, finetuned" if speed_up is None else f"{granularity}-{speed_up:g}x"
+        folder = "unpruned-finetuned" if speed_up is None else name
+        record_path = os.path.join(args.output_dir, folder, "record.json")
+        if os.path.isfile(record_path):
+            with open(record_path) as f:
+                rows.append(json.load(f))
+            continue
+        start = time.time()
+        if speed_up is None:  # the same finetuning budget, no pruning: what the finetune alone gives
+            model, teacher = copy.deepcopy(base).train(), None
+            heads, kv = [args.heads] * args.layers, [args.kv_heads] * args.layers
+        else:
+            model = hm.prune_to_speedup(base, inputs, speed_up, head_granularity=granularity).model
+            teacher = base
+            heads = list(model.config.pruned_attention_heads.values())
+            kv = list(model.config.pruned_key_value_heads.values())
+        seconds = time.time() - start
+        pruned = measure(model, data)
+        tuned = hm.finetune_causal_lm(model, data, os.path.join(args.output_dir, folder, "run"),
+                                      epochs=args.finetune_epochs, teacher=teacher, **train).model
+        after = measure(tuned, data)
+        record = {"model": name, "granularity": granularity, "target": speed_up or 1.0,
+                  "speed_up": rows[0]["macs"] / pruned["macs"], "prune_seconds": seconds if speed_up else 0.0,
+                  "heads": heads, "kv_heads": kv, "pruned": pruned, **after}
+        tuned.save_pretrained(os.path.join(args.output_dir, folder, "model"))
+        with atomic_update(os.path.dirname(record_path)) as tmp, open(os.path.join(tmp, "record.json"), "w") as f:
+            json.dump(record, f, indent=2)
+        rows.append(record)
+        log(f"{name}: {record}")
+    folders = {r["model"]: "unpruned-finetuned" if r["model"] == "unpruned, finetuned" else r["model"]
+               for r in rows[1:]}
+    models = {"unpruned": base, **{name: tf.AutoModelForCausalLM.from_pretrained(
+        os.path.join(args.output_dir, folder, "model")) for name, folder in folders.items()}}
     speeds = generate_speeds(models, prompts, args.generate_tokens)  # side by side, after every training run
     for r in rows:
         r["tokens_per_s"] = speeds[r["model"]]
