@@ -108,3 +108,45 @@ def test_loading_a_missing_or_foreign_file_is_refused(tmp_path):
     (tmp_path / "bad.json").write_text('{"layers": 1}')
     with pytest.raises(ValueError, match="is not a saved latency table"):
         hm.LatencyTable.load(tmp_path / "bad.json")
+
+
+def _first_stage_slow(model: nn.Module, x: torch.Tensor) -> hm.LatencyTable:
+    """A hand-made table: every layer costs its MACs, the stem and first stage 4x theirs (latency != MACs)."""
+    table = _proportional_table(model, x)
+    for name, entry in table.layers.items():
+        if name.startswith(("conv1", "layer1")):
+            entry["grid"] = [[4 * s for s in row] for row in entry["grid"]]
+    return table
+
+
+def test_channel_groups_latency_matches_the_table_without_building_a_model():
+    model, x = make_model("cifar_resnet20"), example_input(32)
+    groups = hm.ChannelGroups.from_model(model, x)
+    removed = groups.removed_for_widths(groups.uniform_widths(2.0))
+    proportional = _proportional_table(model, x)  # seconds = MACs · 1e-9: the estimate is the MACs count
+    assert groups.latency(removed, proportional) == pytest.approx(groups.macs(removed) * 1e-9, rel=1e-6)
+    table = _first_stage_slow(model, x)
+    pruned = hm.prune_to_widths(model, x, groups.uniform_widths(2.0)).model
+    assert groups.latency(removed, table) == pytest.approx(table.estimate(pruned, x), rel=1e-6)
+    assert groups.latency(None, table) == pytest.approx(table.estimate(model, x), rel=1e-6)
+
+
+def test_every_search_meets_a_latency_constraint(cifar_small, monkeypatch):
+    from hf_metaprune.methods.pruningnet.search import evolutionary_search
+
+    model, x = make_model("cifar_resnet20"), example_input(32)
+    table = _first_stage_slow(model, x)
+    pn = hm.PruningNetModel(hm.PruningNetConfig(base_architecture="cifar_resnet20", base_model_kwargs={
+        "num_classes": 10}, hidden_size=2)).eval()
+    pn.network.load_state_dict(model.state_dict())
+    monkeypatch.setattr(pn, "evaluate_gene", lambda gene, recal, evals: sum(gene) / 1e3)
+    found = evolutionary_search(pn, cifar_small, 2.0, window=0.05, num_iterations=2, population=6, top_k=6,
+                                num_parents=2, mutations=3, crossovers=3, recalibration_samples=32, eval_samples=32,
+                                disable_tqdm=True, latency_table=table)
+    assert 2.0 <= found.latency_speed_up <= 2.0 / 0.95
+    assert found.latency_speed_up == pytest.approx(table.estimate(model, x) / table.estimate(found.result.model, x),
+                                                   rel=1e-6)
+    scores = torch.arange(pn.groups.num_units, dtype=torch.float32)  # STAMP's removal by score, in latency
+    removed = pn.groups.removed_for_speedup(scores, 2.0, latency_table=table)
+    assert pn.groups.latency(None, table) / pn.groups.latency(removed, table) >= 2.0
+    assert pn.groups.macs() / pn.groups.macs(removed) != pytest.approx(2.0, rel=0.02)

@@ -21,6 +21,7 @@ from ..graph.attention import HeadLayout, find_attention_modules, head_layouts
 from ..graph.errors import UnsupportedModuleError
 from ..graph.tracing import ROOT_MODULE_TYPES, build_dependency_graph
 from .cost import count_macs
+from .latency import LatencyTable
 
 
 @dataclass
@@ -38,6 +39,9 @@ class _Layer:
     macs: float
     out_units: torch.Tensor | None  # unit of each output channel, num_units where never pruned (None: none is)
     in_units: torch.Tensor | None  # the same for input channels (None also where the outputs carry them)
+    name: str = ""  # the module's name in the model (a LatencyTable's key)
+    in_channels: int = 0
+    out_channels: int = 0
 
 
 class ChannelGroups:
@@ -131,13 +135,14 @@ class ChannelGroups:
             start += size
         return removed
 
-    def removed_for_speedup(self, scores: torch.Tensor, speed_up: float, round_to: int | None = None
-                            ) -> torch.Tensor:
+    def removed_for_speedup(self, scores: torch.Tensor, speed_up: float, round_to: int | None = None,
+                            latency_table: LatencyTable | None = None) -> torch.Tensor:
         """Boolean per unit: the lowest ``scores`` removed until the network reaches ``speed_up`` in MACs, then
         every removed unit the target still affords given back (highest score first), so no removed unit could stay
         without missing it. Every group keeps its highest-scoring unit; with ``round_to`` channels go in chunks that
         keep each group's width a multiple of it (see :meth:`round_widths`). For a score a method generated (STAMP's
-        keep-logits, a random draw); a ValueError when the target is out of reach."""
+        keep-logits, a random draw); a ValueError when the target is out of reach. With ``latency_table`` the
+        target is the table's estimated latency (:meth:`latency`) instead of MACs."""
         if isinstance(speed_up, bool) or not isinstance(speed_up, (int, float)) or speed_up < 1:
             raise ValueError(f"removed_for_speedup: speed_up must be a number >= 1, got {speed_up!r}")
         scores = torch.as_tensor(scores).detach().float().cpu()
@@ -159,7 +164,11 @@ class ChannelGroups:
                     chunks.append(ranked[a:b])
                     chunk_group.append(g)
         order = sorted(range(len(chunks)), key=lambda c: float(scores[chunks[c]].mean()))
-        target = self.macs() / speed_up * (1 + 1e-9)
+
+        def cost(removed: torch.Tensor | None = None) -> float:
+            return self.macs(removed) if latency_table is None else self.latency(removed, latency_table)
+
+        target = cost() / speed_up * (1 + 1e-9)
 
         def removed(taken) -> torch.Tensor:
             out = torch.zeros(self.num_units, dtype=torch.bool)
@@ -167,13 +176,13 @@ class ChannelGroups:
                 out[chunks[c]] = True
             return out
 
-        if self.macs(removed(order)) > target:
-            raise ValueError(f"removed_for_speedup: a {speed_up}x MACs speed-up is out of reach even with one unit "
-                             f"per coupled group (round_to={round_to})")
+        if cost(removed(order)) > target:
+            raise ValueError(f"removed_for_speedup: a {speed_up}x {'latency' if latency_table else 'MACs'} speed-up "
+                             f"is out of reach even with one unit per coupled group (round_to={round_to})")
         low, high = 0, len(order)  # the fewest removals meeting the target: MACs fall as more units go
         while low < high:
             mid = (low + high) // 2
-            if self.macs(removed(order[:mid])) <= target:
+            if cost(removed(order[:mid])) <= target:
                 high = mid
             else:
                 low = mid + 1
@@ -183,7 +192,7 @@ class ChannelGroups:
             if round_to > 1 and later:  # chunks leave a group in order, or its width stops being a multiple
                 continue
             taken.discard(c)
-            if self.macs(removed(taken)) > target:
+            if cost(removed(taken)) > target:
                 taken.add(c)
         return removed(taken)
 
@@ -281,6 +290,30 @@ class ChannelGroups:
                     keep *= 1.0 - float(removed[units].sum()) / len(units)
             total += layer.macs * keep
         return total
+
+    def latency(self, removed: torch.Tensor | None, table: LatencyTable) -> float:
+        """Seconds the ``table`` (measured on this model) estimates for the model with the ``removed`` units pruned:
+        the searches' latency constraint, without building a model. Layers the table does not time are costed by
+        their MACs at its seconds per MAC; the rest of the forward scales with the tabled layers' share."""
+        removed = torch.zeros(self.num_units, dtype=torch.bool) if removed is None else removed.cpu()
+        ext = torch.cat([removed, removed.new_zeros(1)])
+        batch_scale = table.macs / max(self.macs(), 1.0)  # this object's MACs are per its traced inputs' batch
+        now = full = untabled = 0.0
+        for layer in self.layers:
+            kept, fraction = {}, 1.0
+            for side, units, width in (("out", layer.out_units, layer.out_channels),
+                                       ("in", layer.in_units, layer.in_channels)):
+                share = 1.0 if units is None else 1.0 - float(ext[units].sum()) / len(units)
+                kept[side], fraction = round(width * share), fraction * share
+            entry = table.layers.get(layer.name)
+            if entry is None:
+                untabled += layer.macs * fraction * batch_scale * table.seconds_per_mac
+                continue
+            if entry.get("depthwise"):
+                kept["in"] = kept["out"]
+            now += table.layer_seconds(layer.name, kept["in"], kept["out"])
+            full += entry["grid"][-1][-1]
+        return now + untabled + table.other_seconds * (now / full if full else 1.0)
 
     def expected_macs(self, keep: torch.Tensor) -> torch.Tensor:
         """MACs of the layers when unit ``u`` is kept with probability ``keep[u]`` (independently): each layer's
@@ -447,7 +480,8 @@ def _layers(model: nn.Module, names: dict[nn.Module, str], slices: list[_Slice],
         out_units, in_units = units
         if _is_depthwise(module):  # one channel in, one out: the output units carry both sides
             in_units = None
-        layers.append(_Layer(float(macs), out_units, in_units))
+        layers.append(_Layer(float(macs), out_units, in_units, names[module], weight.shape[1] * getattr(
+            module, "groups", 1), weight.shape[0]))
     return layers
 
 

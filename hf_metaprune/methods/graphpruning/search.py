@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ...pruning import LatencyTable
 from ...pruning.speedup import check_number
 from ..pruningnet.search import SearchResult, _batches, search_result
 
@@ -70,15 +71,16 @@ class DDPGAgent:
         self.baseline = reward if self.baseline is None else momentum * self.baseline + (1 - momentum) * reward
 
 
-def clip_action(model, gene: list[int], step: int, index: int, lowest: int, budget: float, floor: float = 0.0) -> int:
+def clip_action(model, gene: list[int], step: int, index: int, lowest: int, budget: float, floor: float = 0.0,
+                latency_table: LatencyTable | None = None) -> int:
     """AMC's action wall, on both sides: the grid index for group ``step`` nearest to ``index`` such that the groups
     after it can still land the MACs in ``[floor, budget]`` — at most ``budget`` with all of them at ``lowest``, at
     least ``floor`` with all of them at full width (the search checks up front that the all-``lowest`` gene meets
     the budget, so the upper wall can always be kept)."""
     top, rest = len(model.config.width_ratios) - 1, len(gene) - step - 1
 
-    def macs(i: int, after: int) -> float:
-        return model.macs(gene[:step] + [i] + [after] * rest)
+    def macs(i: int, after: int) -> float:  # or the latency table's seconds
+        return model.cost(gene[:step] + [i] + [after] * rest, latency_table)
 
     i = index
     while i > lowest and macs(i, lowest) > budget:
@@ -92,8 +94,9 @@ def ddpg_search(model, data: Any, speed_up: float, episodes: int = 300, warmup: 
                 lowest_ratio: float = 0.2, noise: float = 0.5, noise_decay: float = 0.95, batch_size: int = 64,
                 updates_per_episode: int | None = None, recalibration_samples: int = 2000,
                 eval_samples: int | None = None, eval_batch_size: int = 250, seed: int = 0,
-                disable_tqdm: bool = False) -> SearchResult:
-    """DDPG over the coupled groups of ``model`` (a :class:`GraphPruningModel`) for MACs <= full / ``speed_up``.
+                disable_tqdm: bool = False, latency_table: LatencyTable | None = None) -> SearchResult:
+    """DDPG over the coupled groups of ``model`` (a :class:`GraphPruningModel`) for MACs <= full / ``speed_up`` (or
+    the latency a :class:`~hf_metaprune.LatencyTable` measured on the base network estimates: ``latency_table``).
 
     ``warmup`` episodes of uniformly random actions fill the replay buffer (``100 × groups`` transitions), then
     ``episodes`` episodes act with truncated-normal exploration around the actor (``noise``, decaying by
@@ -119,11 +122,14 @@ def ddpg_search(model, data: Any, speed_up: float, episodes: int = 300, warmup: 
     ratios = model.config.width_ratios
     lowest = next((i for i, r in enumerate(ratios) if r >= lowest_ratio - 1e-9), len(ratios) - 1)
     top, n = len(ratios) - 1, model.num_genes
-    full = model.macs(model.full_gene())
+    def cost(gene) -> float:
+        return model.cost(gene, latency_table)
+
+    full = cost(model.full_gene())
     budget = full / speed_up
-    if model.macs([lowest] * n) > budget:
+    if cost([lowest] * n) > budget:
         raise ValueError(f"speed_up={speed_up:g} cannot be met: every group at the lowest ratio {ratios[lowest]} "
-                         f"(lowest_ratio={lowest_ratio}) reaches only {full / model.macs([lowest] * n):.2f}x; lower "
+                         f"(lowest_ratio={lowest_ratio}) reaches only {full / cost([lowest] * n):.2f}x; lower "
                          "lowest_ratio or the target")
     recal, evals = _batches(data, recalibration_samples, eval_samples, eval_batch_size, seed)
     rng = random.Random(seed)
@@ -141,8 +147,8 @@ def ddpg_search(model, data: Any, speed_up: float, episodes: int = 300, warmup: 
     def state(gene: list[int], step: int, previous: float) -> torch.Tensor:
         with torch.no_grad():
             embedding = model.node_embeddings(gene)[step].detach().cpu().float()
-        widest = model.macs(gene[:step] + [top] * (n - step))  # the groups to come at full width
-        removed, ahead = (full - widest) / full, (widest - model.macs(gene[:step] + [lowest] * (n - step))) / full
+        widest = cost(gene[:step] + [top] * (n - step))  # the groups to come at full width
+        removed, ahead = (full - widest) / full, (widest - cost(gene[:step] + [lowest] * (n - step))) / full
         return torch.cat([embedding, torch.tensor([step / n, removed, ahead, previous])])
 
     bar = tqdm(range(warmup + episodes), desc="DDPG search", disable=disable_tqdm)
@@ -158,7 +164,7 @@ def ddpg_search(model, data: Any, speed_up: float, episodes: int = 300, warmup: 
             ratio = lowest_ratio + action * (1 - lowest_ratio)
             index = max((i for i, r in enumerate(ratios) if r <= ratio + 1e-9), default=lowest)
             index = max(index, lowest)
-            gene[step] = clip_action(model, gene, step, index, lowest, budget, budget * (1 - window))
+            gene[step] = clip_action(model, gene, step, index, lowest, budget, budget * (1 - window), latency_table)
             taken = (ratios[gene[step]] - lowest_ratio) / max(1 - lowest_ratio, 1e-9)  # the clipped action
             previous = ratios[gene[step]]
             transitions.append((s, min(max(taken, 0.0), 1.0)))
@@ -181,7 +187,7 @@ def ddpg_search(model, data: Any, speed_up: float, episodes: int = 300, warmup: 
                         "evaluated": len(fitness)})
         bar.set_postfix(best=f"{fitness[best]:.4f}", evaluated=len(fitness))
     model.train(was_training)
-    return search_result(model, fitness, recal, history, start)
+    return search_result(model, fitness, recal, history, start, latency_table)
 
 
 def _truncated_normal(mean: float, sigma: float, generator: torch.Generator) -> float:

@@ -20,7 +20,7 @@ from torch import nn
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from ...graph.tracing import classifier_logits
-from ...pruning import ChannelGroups, PruneResult, prune_to_widths, recalibrate_batchnorm
+from ...pruning import ChannelGroups, LatencyTable, PruneResult, prune_to_widths, recalibrate_batchnorm
 from ..base import PruningMethodPreTrainedModel, copy_base_weights, timm_base
 from .configuration import PruningNetConfig
 from .model_card import pruningnet_model_card
@@ -138,6 +138,13 @@ class PruningNetModel(PruningMethodPreTrainedModel):
     def macs(self, gene: Iterable[int]) -> float:
         """MACs of the pruned network a gene describes (no network is built: microseconds)."""
         return self.groups.macs(self.groups.removed_for_widths(self.widths(gene)))
+
+    def cost(self, gene: Iterable[int], latency_table: LatencyTable | None = None) -> float:
+        """What the searches constrain: :meth:`macs`, or the seconds a :class:`~hf_metaprune.LatencyTable` measured
+        on the base network estimates for the gene's pruned network."""
+        if latency_table is None:
+            return self.macs(gene)
+        return self.groups.latency(self.groups.removed_for_widths(self.widths(gene)), latency_table)
 
     # ---- weights ---------------------------------------------------------------------------------------------
     def generate_params(self, gene: Iterable[int] | None = None) -> dict[str, torch.Tensor]:

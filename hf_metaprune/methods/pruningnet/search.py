@@ -9,7 +9,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ...pruning import PruneResult, recalibration_batches
+from ...pruning import LatencyTable, PruneResult, recalibration_batches
 from ...pruning.speedup import check_number
 
 
@@ -24,15 +24,17 @@ class SearchResult:
     evaluated: int  # distinct genes whose fitness was measured
     history: list[dict[str, float]] = field(default_factory=list)  # per iteration: best and top-k mean fitness
     seconds: float = 0.0
+    latency_speed_up: float | None = None  # estimated by the LatencyTable the search was constrained by, if any
 
 
 def evolutionary_search(pruningnet, data: Any, speed_up: float, window: float = 0.03, num_iterations: int = 20,
                         population: int = 50, top_k: int = 50, num_parents: int = 10, mutations: int = 25,
                         crossovers: int = 25, mutation_prob: float = 0.1, recalibration_samples: int = 2000,
                         eval_samples: int | None = None, batch_size: int = 250, seed: int = 0,
-                        disable_tqdm: bool = False) -> SearchResult:
+                        disable_tqdm: bool = False, latency_table: LatencyTable | None = None) -> SearchResult:
     """Find the gene with the best proxy accuracy among those whose MACs lie in
-    ``[(1 − window)·M/speed_up, M/speed_up]`` (``M``: the full network's MACs).
+    ``[(1 − window)·M/speed_up, M/speed_up]`` (``M``: the full network's MACs) — or whose latency does, estimated by
+    ``latency_table`` (a :class:`~hf_metaprune.LatencyTable` measured on the base network).
 
     MetaPruning's loop and defaults: a random valid population; every iteration keeps the global ``top_k`` by
     fitness, takes parents from its best ``num_parents``, makes ``mutations`` children (each index re-drawn with
@@ -52,16 +54,19 @@ def evolutionary_search(pruningnet, data: Any, speed_up: float, window: float = 
     mutation_prob = check_number("mutation_prob", mutation_prob, 0.0, 1.0, low_inclusive=False)
     start = time.time()
     rng = random.Random(seed)
-    full = pruningnet.macs(pruningnet.full_gene())
+    def cost(gene) -> float:
+        return pruningnet.cost(gene, latency_table)
+
+    full = cost(pruningnet.full_gene())
     high, low = full / speed_up, full / speed_up * (1 - window)
     top_index = len(pruningnet.config.width_ratios) - 1
-    smallest = pruningnet.macs([0] * pruningnet.num_genes)
+    smallest = cost([0] * pruningnet.num_genes)
     if smallest > high:
         raise ValueError(f"speed_up={speed_up:g} cannot be met: even the narrowest gene (every ratio "
                          f"{pruningnet.config.width_ratios[0]}) reaches only {full / smallest:.2f}x")
 
     def valid(gene: tuple[int, ...]) -> bool:
-        return low <= pruningnet.macs(gene) <= high
+        return low <= cost(gene) <= high
 
     def random_gene() -> tuple[int, ...]:
         return _random_gene(rng, top_index, pruningnet.num_genes)
@@ -81,9 +86,9 @@ def evolutionary_search(pruningnet, data: Any, speed_up: float, window: float = 
 
     candidates = fresh(random_gene, population, attempts=2000 * population)
     if not candidates:
-        raise ValueError(f"no gene among {2000 * population} random draws has MACs in [{low / 1e6:.2f}M, "
-                         f"{high / 1e6:.2f}M] ({speed_up:g}x with window={window}); widen the window or change "
-                         "width_ratios")
+        raise ValueError(f"no gene among {2000 * population} random draws has {'latency' if latency_table else 'MACs'}"
+                         f" within {window:.0%} below 1/{speed_up:g} of the full network's; widen the window or "
+                         "change width_ratios")
     recal, evals = _batches(data, recalibration_samples, eval_samples, batch_size, seed)
     fitness: dict[tuple[int, ...], float] = {}
     history = []
@@ -116,18 +121,20 @@ def evolutionary_search(pruningnet, data: Any, speed_up: float, window: float = 
         candidates += fresh(cross, crossovers, 10 * max(crossovers, 1))
         candidates += fresh(random_gene, max(0, population - len(candidates)), 2000 * population)
     pruningnet.train(was_training)
-    return search_result(pruningnet, fitness, recal, history, start)
+    return search_result(pruningnet, fitness, recal, history, start, latency_table)
 
 
 def search_result(pruningnet, fitness: dict[tuple[int, ...], float], recal: list, history: list[dict],
-                  start: float) -> SearchResult:
+                  start: float, latency_table: LatencyTable | None = None) -> SearchResult:
     """What a finished search returns: its best gene's network, generated and BatchNorm-recalibrated."""
     best = max(fitness, key=lambda g: fitness[g])
     macs = pruningnet.macs(best)
+    latency_speed_up = None if latency_table is None else \
+        pruningnet.cost(pruningnet.full_gene(), latency_table) / pruningnet.cost(best, latency_table)
     return SearchResult(gene=list(best), widths=pruningnet.widths(best), macs=macs,
                         speed_up=pruningnet.macs(pruningnet.full_gene()) / macs, val_accuracy=fitness[best],
                         result=pruningnet.generate(list(best), recal), evaluated=len(fitness), history=history,
-                        seconds=time.time() - start)
+                        seconds=time.time() - start, latency_speed_up=latency_speed_up)
 
 
 def _random_gene(rng: random.Random, top_index: int, num_genes: int) -> tuple[int, ...]:

@@ -20,7 +20,7 @@ from torch.func import functional_call
 from transformers.utils import ModelOutput
 
 from ...data import ImageClassificationData
-from ...pruning import ChannelGroups, PruneResult, prune_units
+from ...pruning import ChannelGroups, LatencyTable, PruneResult, prune_units
 from ..base import PruningMethodPreTrainedModel, copy_base_weights, model_card_template, timm_base
 from .configuration import STAMPConfig
 
@@ -262,18 +262,20 @@ class STAMPModel(PruningMethodPreTrainedModel):
         return STAMPOutput(loss=loss, logits=query_logits, keep_logits=logits, expected_macs_ratio=ratio)
 
     # ---- meta-test -------------------------------------------------------------------------------------------
-    def removed_for_speedup(self, keep_logits: torch.Tensor, speed_up: float, round_to: int | None = None
-                            ) -> torch.Tensor:
-        """The units to remove so that the backbone reaches ``speed_up`` in MACs, the lowest keep-logits first
+    def removed_for_speedup(self, keep_logits: torch.Tensor, speed_up: float, round_to: int | None = None,
+                            latency_table: LatencyTable | None = None) -> torch.Tensor:
+        """The units to remove so that the backbone reaches ``speed_up`` in MACs (or in the latency ``latency_table``
+        estimates), the lowest keep-logits first
         (:meth:`ChannelGroups.removed_for_speedup <hf_metaprune.ChannelGroups.removed_for_speedup>`)."""
         try:
-            return self.groups.removed_for_speedup(keep_logits, speed_up, round_to)
+            return self.groups.removed_for_speedup(keep_logits, speed_up, round_to, latency_table)
         except ValueError as e:
             raise ValueError(f"STAMPModel ({self.config.base_architecture}): {e}") from None
 
     @torch.no_grad()
     def task_masks(self, task_data: ImageClassificationData | dict, speed_up: float, seed: int = 0,
-                   round_to: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   round_to: int | None = None, latency_table: LatencyTable | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """(keep-logits, removed units) for a new task from a class-balanced sample of ``config.set_size`` of its
         training images (``task_data``: an :class:`~hf_metaprune.data.ImageClassificationData` or a collated batch
         ``{"pixel_values", "labels"}``)."""
@@ -284,21 +286,24 @@ class STAMPModel(PruningMethodPreTrainedModel):
             logits = self.keep_logits(pixel_values, float(speed_up))
         finally:
             self.train(was_training)
-        return logits, self.removed_for_speedup(logits, speed_up, round_to)
+        return logits, self.removed_for_speedup(logits, speed_up, round_to, latency_table)
 
     def prune(self, model: nn.Module | None, task_data: ImageClassificationData | dict, speed_up: float,
-              num_classes: int | None = None, seed: int = 0, round_to: int | None = None) -> PruneResult:
+              num_classes: int | None = None, seed: int = 0, round_to: int | None = None,
+              latency_table: LatencyTable | None = None) -> PruneResult:
         """``model`` (a backbone of this architecture, e.g. the reference backbone itself; ``None``: this model's
         copy) pruned for the task ``task_data`` samples to ``speed_up`` in MACs, with a fresh classifier for the
         task's ``num_classes`` (default: ``task_data.num_classes``, or the distinct labels of a collated batch).
-        ``round_to``: channel counts kept to multiples of it (real speed-ups need kernel-friendly widths)."""
+        ``round_to``: channel counts kept to multiples of it (real speed-ups need kernel-friendly widths);
+        ``latency_table``: a :class:`~hf_metaprune.LatencyTable` measured on the backbone makes ``speed_up`` a latency
+        target."""
         if model is None:
             model = self.network
         if not isinstance(model, nn.Module) or not isinstance(getattr(model, "get_classifier", lambda: None)(),
                                                                nn.Linear):
             raise TypeError(f"STAMPModel.prune: model must be a timm model of {self.config.base_architecture} whose "
                             f"get_classifier() is a Linear layer, got {type(model).__name__}")
-        logits, removed = self.task_masks(task_data, speed_up, seed, round_to)
+        logits, removed = self.task_masks(task_data, speed_up, seed, round_to, latency_table)
         if num_classes is None:
             num_classes = (task_data.num_classes if isinstance(task_data, ImageClassificationData)
                            else int(task_data["labels"].max()) + 1)
