@@ -150,3 +150,16 @@ def test_every_search_meets_a_latency_constraint(cifar_small, monkeypatch):
     removed = pn.groups.removed_for_speedup(scores, 2.0, latency_table=table)
     assert pn.groups.latency(None, table) / pn.groups.latency(removed, table) >= 2.0
     assert pn.groups.macs() / pn.groups.macs(removed) != pytest.approx(2.0, rel=0.02)
+
+
+def test_a_depthwise_convolution_is_timed_along_its_one_width():
+    model = nn.Sequential(nn.Conv2d(3, 16, 1), nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.Conv2d(16, 8, 1)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    table = _proportional_table(model, x)
+    entry = table.layers["1"]
+    assert entry["depthwise"] and entry["in_grid"] == [16] and entry["out_grid"] == [8, 16] and len(entry["grid"]) == 1
+    assert table.layer_seconds("1", 4, 4) == pytest.approx(entry["grid"][0][-1] / 4)  # linear in its width
+    groups = hm.ChannelGroups.from_model(model, x)
+    removed = groups.removed_for_widths(groups.uniform_widths(1.5))
+    pruned = hm.prune_to_widths(model, x, groups.uniform_widths(1.5)).model
+    assert groups.latency(removed, table) == pytest.approx(table.estimate(pruned, x), rel=1e-6)

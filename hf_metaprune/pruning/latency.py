@@ -104,7 +104,7 @@ class LatencyTable:
                            f"{sorted(self.layers)[:5]}...")
         grid = entry["grid"]
         if entry.get("depthwise"):
-            return max(_interpolate(entry["out_grid"], [row[0] for row in grid], out_channels), 0.0)
+            return max(_interpolate(entry["out_grid"], grid[0], out_channels), 0.0)  # one side: in = out
         rows = [_interpolate(entry["out_grid"], row, out_channels) for row in grid]
         return max(_interpolate(entry["in_grid"], rows, in_channels), 0.0)
 
