@@ -4,7 +4,9 @@ For each model: graph build, metanetwork forward, pruning to the target MACs spe
 ``MetaPrunerModel.prune``), peak memory (RSS high-water mark of this process), and CPU latency (batch 64,
 channels-last) of the original, the pruned model, the model pruned with ``round_to`` (channel counts kept to
 multiples of 8) and the model pruned to the target in *latency* (a :class:`~hf_metaprune.LatencyTable` measured on this
-machine at the same batch size, with ``round_to``), measured interleaved in one run.
+machine at the same batch size, with ``round_to``), measured interleaved in one run — beside Torch-Pruning's own
+``MetaPruner`` (global group-L2 magnitude, stepped until the same MACs target; with and without ``round_to``) on the
+same transformed model: its time to prune and its measured latency.
 
     python benchmarks/prune_speed.py                      # cifar_resnet56 and resnet50, 2.3x
     python benchmarks/prune_speed.py --models cifar_resnet56 --out results/prune_speed_resnet56.json
@@ -12,6 +14,7 @@ machine at the same batch size, with ``round_to``), measured interleaved in one 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -26,6 +29,27 @@ from hf_metaprune.pruning import measure_latency, prune_to_speedup
 # Published metanetwork sizes (DESIGN.md): ResNet-56 8 layers x 64 hidden, ResNet-50 6 x 16.
 METANET = {"cifar_resnet56": dict(num_layers=8, hidden_size=64), "resnet50": dict(num_layers=6, hidden_size=16)}
 RESOLUTION = {"cifar_resnet56": 32, "resnet50": 224}
+
+
+def torch_pruning_to_macs(model: torch.nn.Module, x: torch.Tensor, speed_up: float, round_to: int | None
+                          ) -> tuple[torch.nn.Module, float, float]:
+    """Torch-Pruning's own path to a MACs target: ``MetaPruner`` with global group-L2 importance, 1 % of the
+    channels per step until MACs reach ``speed_up``. Returns (model, MACs speed-up, seconds)."""
+    import torch_pruning as tp
+
+    model = copy.deepcopy(model).eval()
+    start = time.perf_counter()
+    base, _ = tp.utils.count_ops_and_params(model, x)
+    pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
+                                  pruning_ratio=0.95, iterative_steps=95, global_pruning=True,
+                                  ignored_layers=[model.get_classifier()], round_to=round_to)
+    macs = base
+    for _ in range(95):
+        pruner.step()
+        macs, _ = tp.utils.count_ops_and_params(model, x)
+        if base / macs >= speed_up:
+            break
+    return model, base / macs, time.perf_counter() - start
 
 
 def peak_rss_gib() -> float:
@@ -55,7 +79,11 @@ def run(name: str, speed_up: float, batch: int, repeats: int, round_to: int, lat
     t5 = time.perf_counter()
     by_latency = prune_to_speedup(transformed, x1, speed_up, round_to=round_to, latency_table=table)
 
-    models = {"original": model, "pruned": result.model, "rounded": rounded.model, "latency": by_latency.model}
+    tp_plain, tp_plain_speed_up, tp_plain_s = torch_pruning_to_macs(transformed, x1, speed_up, None)
+    tp_rounded, tp_rounded_speed_up, tp_rounded_s = torch_pruning_to_macs(transformed, x1, speed_up, round_to)
+
+    models = {"original": model, "pruned": result.model, "rounded": rounded.model, "latency": by_latency.model,
+              "tp": tp_plain, "tp_rounded": tp_rounded}
     lat = {k: v * 1e3 for k, v in measure_latency(models, xb, runs=repeats, warmup=1, channels_last=True).items()}
     return {
         "model": name,
@@ -86,6 +114,12 @@ def run(name: str, speed_up: float, batch: int, repeats: int, round_to: int, lat
         "achieved_macs_speed_up_latency_target": round(by_latency.speed_up, 4),
         "latency_latency_target_ms": round(lat["latency"], 2),
         "measured_speed_up_latency_target": round(lat["original"] / lat["latency"], 3),
+        "torch_pruning_prune_s": round(tp_plain_s, 3),
+        "torch_pruning_macs_speed_up": round(tp_plain_speed_up, 4),
+        "measured_speed_up_torch_pruning": round(lat["original"] / lat["tp"], 3),
+        "torch_pruning_round_to_prune_s": round(tp_rounded_s, 3),
+        "torch_pruning_round_to_macs_speed_up": round(tp_rounded_speed_up, 4),
+        "measured_speed_up_torch_pruning_round_to": round(lat["original"] / lat["tp_rounded"], 3),
         "peak_rss_GiB_so_far": round(peak_rss_gib(), 2),
     }
 
@@ -109,7 +143,9 @@ def main():
             "achieved_macs_speed_up", "latency_original_ms", "latency_pruned_ms", "measured_speed_up",
             "achieved_macs_speed_up_round_to", "latency_round_to_ms", "measured_speed_up_round_to",
             "latency_table_s", "estimated_speed_up_latency_target", "achieved_macs_speed_up_latency_target",
-            "measured_speed_up_latency_target", "peak_rss_GiB_so_far"]
+            "measured_speed_up_latency_target", "torch_pruning_prune_s", "torch_pruning_macs_speed_up",
+            "measured_speed_up_torch_pruning", "torch_pruning_round_to_macs_speed_up",
+            "measured_speed_up_torch_pruning_round_to", "peak_rss_GiB_so_far"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
