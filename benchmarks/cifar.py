@@ -64,7 +64,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         meta_residual_scale=[0.1], meta_prune_aware_weight=[0.5], meta_prune_aware_temperature=[0.0],
         meta_distill_weight=[0.0], meta_warmup=[0.0], task_batch_size=64, meta_task_batches_per_step=[4],
         speed_ups=[2.0, 3.0], pre_epochs=3.0, post_epochs=6.0, sl_lambda=2.5e-3,
-        methods=["depgraph-sl", "metanetwork", "metanetwork-sl"], models_dir="zoos/cifar10-resnet20",
+        # the winner on validation (README): metanetwork + SL; add metanetwork / metapruning / ... with --methods
+        methods=["depgraph-sl", "metanetwork-sl"], models_dir="zoos/cifar10-resnet20",
         transfer_architectures=["cifar_resnet32", "cifar_resnet56"]),
     # the ablation behind the "cpu" preset's metanetwork: every lever as a candidate, meta-training only
     "cpu-ablation": dict(stop_after="metanetwork"),
@@ -659,11 +660,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     summary = report([])
 
-    # 5. transfer: the metanetwork (meta-trained on this zoo) on other depths, against DepGraph + SL
+    # 5. transfer: the metanetwork (meta-trained on this zoo) on other depths, against DepGraph + SL; the metanetwork
+    # rows are those of args.methods (the preset's: metanetwork + SL)
     transfer = []
+    transfer_methods = ["depgraph-sl"] + [m for m in args.methods if METHODS[m][1].startswith("metanetwork")]
     for arch, zoo_of_one in transfer_bases().items():
         base = zoo_of_one.model(0)
-        for method, stage, importance in (METHODS["depgraph-sl"], METHODS["metanetwork"]):
+        for method, stage, importance in (METHODS[m] for m in transfer_methods):
             name = f"transfer-{arch}/{tag(stage)}-{importance}-{min(args.speed_ups):g}x"
             record = cache.record(name)
             if record is None:

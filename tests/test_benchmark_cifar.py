@@ -51,6 +51,7 @@ def test_presets_and_overrides(cifar_benchmark):
     assert (cpu.base_epochs, cpu.val_size, cpu.max_train_samples, cpu.pre_epochs, cpu.post_epochs) == (20.0, 5000, 0,
                                                                                                         3.0, 6.0)
     assert cpu.num_zoo_models - cpu.num_eval_zoo_models >= 8 and cpu.num_eval_zoo_models >= 2
+    assert cpu.methods == ["depgraph-sl", "metanetwork-sl"]  # the comparison and the winner on validation
     ablation = cifar_benchmark.parse_args(["--preset", "cpu-ablation"])
     assert ablation.output_dir == cpu.output_dir and ablation.stop_after == "metanetwork"
     assert len(ablation.candidates()) == 9 and cpu.candidates()[0] in ablation.candidates()  # the winner is one
