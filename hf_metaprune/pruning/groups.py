@@ -154,15 +154,15 @@ class ChannelGroups:
         for g, size in enumerate(self.group_sizes):
             members = torch.nonzero(self.group_of_unit == g).flatten()
             ranked = members[torch.argsort(scores[members], stable=True)].tolist()
-            step = 1 if round_to == 1 or g in self.head_groups else round_to
-            if step > 1 and size <= step:
+            step = 1 if g in self.head_groups else round_to  # the top ``step`` units always stay
+            if size <= step:
                 continue
-            first = (size - 1) % step + 1 if step > 1 else 1  # down to a multiple first, then whole chunks
-            bounds = [0] + list(range(first, size - step + 1, step))
-            for a, b in zip(bounds, bounds[1:] + [size - step if step > 1 else size - 1]):
-                if b > a:
-                    chunks.append(ranked[a:b])
-                    chunk_group.append(g)
+            removable = ranked[:size - step]
+            first = len(removable) % step  # down to a multiple first, then whole chunks
+            for part in ([removable[:first]] if first else []) + [removable[i:i + step]
+                                                                   for i in range(first, len(removable), step)]:
+                chunks.append(part)
+                chunk_group.append(g)
         order = sorted(range(len(chunks)), key=lambda c: float(scores[chunks[c]].mean()))
 
         def cost(removed: torch.Tensor | None = None) -> float:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._io import atomic_files
 from ..graph.tracing import call_model
 from .cost import count_macs
 
@@ -62,18 +63,7 @@ class LatencyTable:
                                  f"got {value!r}")
         was_training = model.training
         model.eval()
-        inputs: dict[str, tuple[int, ...]] = {}
-        names = {m: n for n, m in model.named_modules()}
-
-        def record(module: nn.Module, args: tuple, _output: Any) -> None:
-            inputs.setdefault(names[module], tuple(args[0].shape))
-
-        hooks = [m.register_forward_hook(record) for m in model.modules() if is_tabled(m)]
-        try:
-            call_model(model, example_inputs)
-        finally:
-            for h in hooks:
-                h.remove()
+        inputs = _tabled_input_shapes(model, example_inputs)
         macs, per_module = count_macs(model, example_inputs)
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         timed: dict[tuple, dict[str, Any]] = {}
@@ -143,11 +133,9 @@ class LatencyTable:
     # ---- files ---------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write the table as JSON (atomic: beside, then renamed)."""
-        path = os.fspath(path)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
+        directory, name = os.path.split(os.path.abspath(os.fspath(path)))
+        with atomic_files(directory, [name]) as tmp, open(tmp[name], "w") as f:
             json.dump(asdict(self), f)
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LatencyTable":
@@ -164,19 +152,26 @@ class LatencyTable:
 
 def batch_size_of(model: nn.Module, example_inputs: Any) -> int:
     """The batch size the first tabled layer of ``model`` sees on ``example_inputs``."""
-    seen: list[int] = []
+    shapes = _tabled_input_shapes(model, example_inputs)
+    return next(iter(shapes.values()))[0] if shapes else 1
 
-    def record(_module: nn.Module, args: tuple, _output: Any) -> None:
-        seen.append(args[0].shape[0])
+
+@torch.inference_mode()
+def _tabled_input_shapes(model: nn.Module, example_inputs: Any) -> dict[str, tuple[int, ...]]:
+    """The input shape of every tabled layer (by name, in call order) on one forward of ``example_inputs``."""
+    names = {m: n for n, m in model.named_modules()}
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def record(module: nn.Module, args: tuple, _output: Any) -> None:
+        shapes.setdefault(names[module], tuple(args[0].shape))
 
     hooks = [m.register_forward_hook(record) for m in model.modules() if is_tabled(m)]
     try:
-        with torch.inference_mode():
-            call_model(model, example_inputs)
+        call_model(model, example_inputs)
     finally:
         for h in hooks:
             h.remove()
-    return seen[0] if seen else 1
+    return shapes
 
 
 def _check_ratios(ratios) -> list[float]:

@@ -392,7 +392,7 @@ def _unreachable_message(speed_up: float, reached: float, max_ratio: float, excl
         limits.append("attention layers keep at least one head each")
     hint = f"; to go further: {', '.join(hints)}" if hints else ""
     if cost != "MACs":
-        limits.append("the layers the table does not scale (norms, activations, additions) keep a share of it")
+        limits.append("the table's latency of a layer need not fall with its width (a launch-bound layer keeps it)")
     return (f"cannot reach a speed-up of {speed_up}x in {cost}: stopped at {reached:.3f}x, the most these settings "
             f"allow, because {'; '.join(limits)}{hint}")
 

@@ -79,13 +79,13 @@ def clip_action(model, gene: list[int], step: int, index: int, lowest: int, budg
     the budget, so the upper wall can always be kept)."""
     top, rest = len(model.config.width_ratios) - 1, len(gene) - step - 1
 
-    def macs(i: int, after: int) -> float:  # or the latency table's seconds
+    def cost(i: int, after: int) -> float:  # MACs, or the latency table's seconds
         return model.cost(gene[:step] + [i] + [after] * rest, latency_table)
 
     i = index
-    while i > lowest and macs(i, lowest) > budget:
+    while i > lowest and cost(i, lowest) > budget:
         i -= 1
-    while i < top and macs(i, top) < floor and macs(i + 1, lowest) <= budget:
+    while i < top and cost(i, top) < floor and cost(i + 1, lowest) <= budget:
         i += 1
     return i
 
@@ -122,6 +122,7 @@ def ddpg_search(model, data: Any, speed_up: float, episodes: int = 300, warmup: 
     ratios = model.config.width_ratios
     lowest = next((i for i, r in enumerate(ratios) if r >= lowest_ratio - 1e-9), len(ratios) - 1)
     top, n = len(ratios) - 1, model.num_genes
+
     def cost(gene) -> float:
         return model.cost(gene, latency_table)
 

@@ -54,6 +54,7 @@ def evolutionary_search(pruningnet, data: Any, speed_up: float, window: float = 
     mutation_prob = check_number("mutation_prob", mutation_prob, 0.0, 1.0, low_inclusive=False)
     start = time.time()
     rng = random.Random(seed)
+
     def cost(gene) -> float:
         return pruningnet.cost(gene, latency_table)
 
