@@ -750,7 +750,8 @@ def _pruningnet_stage(args, cache: Cache, seed: int, stage: str, base, data, met
         output_dir=os.path.join(args.output_dir, "runs", name), num_train_epochs=args.pre_epochs,
         per_device_train_batch_size=args.batch_size, learning_rate=args.finetune_learning_rate, optim="sgd",
         weight_decay=5e-4, lr_scheduler_type="cosine", save_strategy="no", logging_steps=50, seed=seed,
-        report_to="none", disable_tqdm=args.disable_tqdm, use_cpu=finetune_kwargs.get("use_cpu", False))
+        report_to="none", disable_tqdm=args.disable_tqdm, use_cpu=finetune_kwargs.get("use_cpu", False),
+        bf16=finetune_kwargs.get("bf16", False))  # the finetuning's precision and (Nesterov SGD) optimizer
     trainer = hm.PruningNetTrainer(pruningnet, training, data)
     trainer.train()
     pruningnet = trainer.accelerator.unwrap_model(trainer.model).eval()

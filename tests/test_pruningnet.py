@@ -78,6 +78,10 @@ def test_stochastic_structure_sampling_trains_with_a_new_shared_gene_per_step(ci
     assert genes == [trainer.sample_gene(step) for step in range(3)]  # seeded: the same on every process
     assert not torch.equal(before, pn.generators["conv1__weight"].fc2.weight)
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in trainer.state.log_history if "loss" in h)
+    # the finetuning's optimizer (budgets compare), not transformers' momentum-free SGD; weights contiguous again
+    group = trainer.optimizer.param_groups[0]
+    assert (group["momentum"], group["nesterov"]) == (0.9, True)
+    assert all(p.is_contiguous() for p in pn.parameters())
 
 
 def test_batchnorm_recalibration_lifts_generated_weights_from_chance(tiny_zoo, cifar_small):

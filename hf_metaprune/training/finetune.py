@@ -70,7 +70,25 @@ class EvalCollatorMixin:
             self.data_collator = train_collator
 
 
-class ClassifierTrainer(EvalCollatorMixin, Trainer):
+class NesterovSGDMixin:
+    """For a ``Trainer``: ``optim="sgd"`` means SGD with Nesterov momentum 0.9 (the CIFAR standard), not the
+    momentum-free SGD transformers builds, and no weight decay on biases and norms; every trainer whose budget is
+    compared with another's uses it, so the optimizer is the same for all."""
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None and self.args.optim == "sgd":
+            decay, no_decay = [], []
+            for p in (model or self.model).parameters():
+                if p.requires_grad:
+                    (decay if p.dim() > 1 else no_decay).append(p)
+            self.optimizer = torch.optim.SGD(
+                [{"params": decay, "weight_decay": self.args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                lr=self.args.learning_rate, momentum=0.9, nesterov=True)
+            return self.optimizer
+        return super().create_optimizer(model) if model is not None else super().create_optimizer()
+
+
+class ClassifierTrainer(EvalCollatorMixin, NesterovSGDMixin, Trainer):
     """A Trainer adding distillation (``teacher``) and group-norm sparse learning (``sparsity_groups``)."""
 
     def __init__(self, *args, teacher: nn.Module | None = None, distill_alpha: float = 0.5,
@@ -100,19 +118,6 @@ class ClassifierTrainer(EvalCollatorMixin, Trainer):
         """safetensors needs contiguous tensors; channels_last weights are not."""
         state_dict = state_dict if state_dict is not None else self.accelerator.unwrap_model(self.model).state_dict()
         super()._save(output_dir, {k: v.contiguous() for k, v in state_dict.items()})
-
-    def create_optimizer(self, model=None):
-        """SGD with Nesterov momentum (the CIFAR standard) unless another ``optim`` was asked for."""
-        if self.optimizer is None and self.args.optim == "sgd":
-            decay, no_decay = [], []
-            for p in (model or self.model).parameters():
-                if p.requires_grad:
-                    (decay if p.dim() > 1 else no_decay).append(p)
-            self.optimizer = torch.optim.SGD(
-                [{"params": decay, "weight_decay": self.args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                lr=self.args.learning_rate, momentum=0.9, nesterov=True)
-            return self.optimizer
-        return super().create_optimizer(model) if model is not None else super().create_optimizer()
 
 
 @dataclass
