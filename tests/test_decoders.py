@@ -65,6 +65,7 @@ def test_pruned_decoder_equals_the_masked_reference(name, granularity):
     else:
         weaken(model, heads=[0, 2])  # query slot 0 of both groups
     groups = ChannelGroups.from_model(model, IDS, head_granularity=granularity)
+    assert groups.head_granularity == granularity  # what its units are, for prune_to_widths / prune_units
     widths = [max(1, size // 2) for size in groups.group_sizes]
     params = dict(model.named_parameters())
     removed = groups.removed_for_widths(widths, params)
@@ -98,6 +99,22 @@ def test_prune_to_speedup_reaches_the_target_and_generates_with_every_cache(name
         static = pruned.generate(prompt, max_new_tokens=8, do_sample=False, cache_implementation="static")
     assert cached.shape == (1, 12)
     assert torch.equal(cached, uncached) and torch.equal(cached, static)
+
+
+def test_key_value_rows_count_in_the_importance_that_ranks_key_value_groups():
+    """The trace leaves keys and values out; the group-L2 score of a key/value group must still count them. Group 0
+    has the weakest query rows and output columns but by far the strongest key and value rows: it is kept."""
+    model = tiny("llama")
+    weaken(model, heads=[0, 1])  # query heads 0 and 1: key/value group 0
+    with torch.no_grad():
+        for a in find_attention_modules(model):
+            for projection in a.projections[1:]:
+                projection.weight[:8] *= 1e4
+    strong = {a.path: [p.weight[:8].clone() for p in a.projections[1:]] for a in find_attention_modules(model)}
+    pruned = hm.prune_to_speedup(model, IDS, 1.6).model
+    for a in find_attention_modules(pruned):
+        assert a.num_key_value_heads == 1
+        assert all(torch.equal(p.weight, w) for p, w in zip(a.projections[1:], strong[a.path]))
 
 
 def test_query_granularity_keeps_key_value_heads_and_equal_groups():

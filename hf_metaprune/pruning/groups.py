@@ -53,9 +53,12 @@ class ChannelGroups:
     """
 
     def __init__(self, slices: list[_Slice], group_of_unit: torch.Tensor, layers: list[_Layer] | None = None,
-                 head_groups: set[int] | None = None):
+                 head_groups: set[int] | None = None, head_granularity: str = "kv_group"):
         self.slices, self.group_of_unit, self.layers = slices, group_of_unit, layers or []
         self.head_groups = set(head_groups or ())  # groups whose units are attention heads, not channels
+        # what a decoder's head unit is (a key/value group, or one query head per group): widths and masks of these
+        # groups go to prune_to_widths / prune_units with the same head_granularity
+        self.head_granularity = head_granularity
         self._full_unit_costs: torch.Tensor | None = None
 
     @property
@@ -201,11 +204,12 @@ class ChannelGroups:
                    ) -> "ChannelGroups":
         """The groups :func:`~hf_metaprune.prune_to_speedup` prunes, with the same units (channels or heads)."""
         return cls.from_coupled_groups(model, example_inputs,
-                                       *coupled_groups(model, example_inputs, head_granularity))
+                                       *coupled_groups(model, example_inputs, head_granularity), head_granularity)
 
     @classmethod
     def from_coupled_groups(cls, model: nn.Module, example_inputs: Any, dg: tp.DependencyGraph, tp_groups: list,
-                            layouts: dict[nn.Module, HeadLayout]) -> "ChannelGroups":
+                            layouts: dict[nn.Module, HeadLayout], head_granularity: str = "kv_group"
+                            ) -> "ChannelGroups":
         """:meth:`from_model` on groups already traced by :func:`coupled_groups` (no second trace)."""
         names = {m: n for n, m in model.named_modules()}
         slices, group_of_unit, offset, head_groups = [], [], 0, set()
@@ -248,7 +252,8 @@ class ChannelGroups:
             group_of_unit.append(torch.full((size // head,), gi, dtype=torch.long))
             offset += size // head
         group_of_unit = torch.cat(group_of_unit) if group_of_unit else torch.zeros(0, dtype=torch.long)
-        return cls(slices, group_of_unit, _layers(model, names, slices, layer_macs, len(group_of_unit)), head_groups)
+        return cls(slices, group_of_unit, _layers(model, names, slices, layer_macs, len(group_of_unit)), head_groups,
+                   head_granularity)
 
     def unit_sq_norms(self, params: dict[str, torch.Tensor], include_bias: bool = True) -> torch.Tensor:
         """Squared L2 norm of every pruning unit (differentiable in ``params``)."""

@@ -326,7 +326,7 @@ def prune_units(model: nn.Module, example_inputs: Any, removed, inplace: bool = 
     frozen = {n for n, p in pruned.named_parameters() if not p.requires_grad}
     attention = find_attention_modules(pruned)
     dg, tp_groups, layouts = coupled_groups(pruned, example_inputs, head_granularity)
-    groups = ChannelGroups.from_coupled_groups(pruned, example_inputs, dg, tp_groups, layouts)
+    groups = ChannelGroups.from_coupled_groups(pruned, example_inputs, dg, tp_groups, layouts, head_granularity)
     if callable(removed):
         removed = removed(groups, dict(pruned.named_parameters()))
     if not isinstance(removed, torch.Tensor) or removed.dtype != torch.bool or removed.shape != (groups.num_units,):
@@ -424,7 +424,7 @@ def _group_candidates(dg, group, gi, importance, layer_macs, initial, max_ratio,
     if prunable <= 0:
         return []
     try:
-        imp = importance(group)
+        imp = importance(with_followers(dg, group, layouts))
     except (IndexError, RuntimeError) as e:  # Torch-Pruning mapped the group's channels inconsistently
         raise _untraceable(dg, group, e) from e
     if imp is None:
@@ -453,6 +453,28 @@ def _group_candidates(dg, group, gi, importance, layer_macs, initial, max_ratio,
     chunks = ([order[:first]] if first else []) + [order[i:i + chunk] for i in range(first, len(order), chunk)]
     return [_Candidate(float(imp[c].mean()), gi, tuple(c), cost * len(c), unit) for c in chunks
             if len(c) == chunk or c is chunks[0] and first]
+
+
+def with_followers(dg: tp.DependencyGraph, group, layouts: dict[nn.Module, HeadLayout]):
+    """``group`` as Torch-Pruning's importance should score it. A decoder's key and value projections are left out
+    of the trace, so its importance would rank key/value groups by their query rows and output columns alone: their
+    key and value rows join here as items of their own, each query channel paired with the key/value channel it
+    reads (channel ``t`` of every query head of group ``u`` reads row ``u·d + t``). Other groups pass unchanged."""
+    layout = group_layout(dg, group, layouts)
+    if layout is None or not layout.follower_rows:  # query granularity keeps every key/value head
+        return group
+    unit, rows = layout.head_dim, layout.follower_rows  # channels of one key/value group; of one key/value head
+    roots = group[0].root_idxs
+    prune_rows = tp.pruner.function.prune_linear_out_channels
+    items = [(item.dep, item.idxs, item.root_idxs) for item in group]
+    items += [(tp.dependency.Dependency(prune_rows, prune_rows, node, node), [r // unit * rows + r % rows
+                                                                              for r in roots], roots)
+              for node in (tp.dependency.Node(linear, None, name) for name, linear in layout.followers)]
+    scored = tp.dependency.Group()
+    for dep, idxs, root_idxs in items:
+        scored.add_dep(dep, idxs)
+        scored[len(scored) - 1].root_idxs = root_idxs  # Torch-Pruning's importances read them per item
+    return scored
 
 
 def _last_channel_of_each_part(group, imp: torch.Tensor, size: int, unit: int) -> set[int]:
