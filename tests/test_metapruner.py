@@ -142,6 +142,36 @@ def test_prune_reaches_target_and_keeps_classes():
     assert all(w % 8 == 0 for w in hm.ChannelGroups.from_model(rounded.model, x).group_sizes)
 
 
+@pytest.mark.parametrize("aggregations", [["mean", "max", "min", "std"], ["sum", "var"]])
+def test_inference_streams_messages_and_equals_the_differentiable_pyg_path(aggregations):
+    """Without gradients, messages are pooled chunk by chunk into running statistics (no ``[E, H]`` messages) and
+    edge states are updated in place; the outputs equal PyG's path (the training one), also for the nodes no edge
+    reaches (the image channels get no forward messages, the logits no backward ones: PyG gives them 0)."""
+    from hf_metaprune.methods.metapruner.modeling import DirectedMessages
+
+    torch.manual_seed(0)
+    h, e = torch.randn(30, 8), torch.randn(500, 8)
+    edge_index = torch.randint(0, 24, (2, 500))  # nodes 24..29: no edges
+    messages = DirectedMessages(8, aggregations, chunk_size=64)
+    for reverse in (False, True):
+        reference = messages(h, edge_index, e, reverse=reverse)
+        assert reference.requires_grad  # the PyG path
+        with torch.no_grad():
+            streamed = messages(h, edge_index, e, reverse=reverse)
+        torch.testing.assert_close(streamed, reference.detach(), atol=1e-6, rtol=1e-5)
+        assert torch.equal(streamed[24:], torch.zeros_like(streamed[24:]))
+    model = make_model("cifar_resnet20")
+    graph = model_to_graph(model, example_input(32))
+    metanetwork = MetaPrunerModel(MetaPrunerConfig(hidden_size=8, num_layers=2, aggregations=aggregations,
+                                                   init_identity=False, edge_chunk_size=3000))
+    reference = metanetwork(graph)
+    with torch.no_grad():
+        streamed = metanetwork(graph)
+    for kind, edges in reference.edges.items():
+        assert not torch.equal(edges.features, graph.edges[kind].features)  # the metanetwork really edits
+        torch.testing.assert_close(streamed.edges[kind].features, edges.features.detach(), atol=1e-6, rtol=1e-5)
+
+
 def test_edge_chunking_does_not_change_results():
     model = make_model("cifar_resnet20")
     x = example_input(32)

@@ -33,6 +33,20 @@ def _mlp(in_dim: int, hidden: int, out_dim: int, norm: bool = True) -> nn.Sequen
     return nn.Sequential(*layers, nn.SiLU(), nn.Linear(hidden, out_dim))
 
 
+# Edges as ``(first row in the edge states, [2, E_k] index)`` per edge kind: inference walks the kinds' own index
+# tensors instead of one concatenated copy (1.7 GB of int64 on BERT-base); training passes one concatenated tensor.
+EdgeSegments = list[tuple[int, torch.Tensor]]
+
+
+def edge_chunks(edge_index: torch.Tensor | EdgeSegments, step: int):
+    """``(rows of the edge states, [2, c] index)`` for chunks of at most ``step`` edges."""
+    segments = [(0, edge_index)] if isinstance(edge_index, torch.Tensor) else edge_index
+    for first, index in segments:
+        for i in range(0, index.shape[1], step):
+            j = min(i + step, index.shape[1])
+            yield slice(first + i, first + j), index[:, i:j]
+
+
 class EdgeMLP(nn.Module):
     """MLP on ``[edge, source node, target node]``, computed in chunks of edges.
 
@@ -50,36 +64,110 @@ class EdgeMLP(nn.Module):
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, out_dim))
         self.chunk_size = chunk_size
 
-    def forward(self, h: torch.Tensor, e: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, e: torch.Tensor, edge_index: torch.Tensor | EdgeSegments) -> torch.Tensor:
         h_source, h_target = self.source(h), self.target(h)
-        src, dst = edge_index
-        num_edges, step = e.shape[0], self.chunk_size
-        chunks = (self._chunk(h_source, h_target, e, src, dst, i, i + step) for i in range(0, num_edges, step))
+        chunks = ((rows, self.chunk(h_source, h_target, e[rows], index))
+                  for rows, index in edge_chunks(edge_index, self.chunk_size))
         if torch.is_grad_enabled():
-            return torch.cat(list(chunks)) if num_edges > step else self._chunk(h_source, h_target, e, src, dst)
-        out = e.new_empty(num_edges, self.out[-1].out_features)
-        for i, chunk in zip(range(0, num_edges, step), chunks):
-            out[i:i + step] = chunk
+            outs = [out for _, out in chunks]
+            return torch.cat(outs) if len(outs) > 1 else outs[0]
+        out = e.new_empty(e.shape[0], self.out[-1].out_features)
+        for rows, chunk in chunks:
+            out[rows] = chunk
         return out
 
-    def _chunk(self, h_source, h_target, e, src, dst, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        x = self.edge(e[start:stop]).add_(h_source[src[start:stop]]).add_(h_target[dst[start:stop]])
+    def chunk(self, h_source: torch.Tensor, h_target: torch.Tensor, e: torch.Tensor, index: torch.Tensor
+              ) -> torch.Tensor:
+        """The MLP on the edges ``index`` (``[2, c]``) with states ``e`` (``[c, H]``), given the projected nodes."""
+        x = self.edge(e).add_(h_source[index[0]]).add_(h_target[index[1]])
         return self.out(self.norm(x))
+
+    @torch.no_grad()
+    def add_to(self, h: torch.Tensor, e: torch.Tensor, edge_index: torch.Tensor | EdgeSegments) -> None:
+        """``e += self(h, e, edge_index)`` chunk by chunk, in place: inference never holds a second ``[E, H]``
+        tensor (BERT-base has ~10⁸ edges). Each chunk reads only its own rows of ``e`` before writing them."""
+        h_source, h_target = self.source(h), self.target(h)
+        for rows, index in edge_chunks(edge_index, self.chunk_size):
+            e[rows] += self.chunk(h_source, h_target, e[rows], index)
+
+
+# aggregations :meth:`DirectedMessages.streamed` computes from running sums / extremes, chunk by chunk
+STREAMED_AGGREGATIONS = frozenset({"sum", "add", "mean", "max", "min", "var", "std"})
 
 
 class DirectedMessages(MessagePassing):
-    """Messages along one edge direction, pooled with several aggregations (PyG ``MultiAggregation``)."""
+    """Messages along one edge direction, pooled with several aggregations (PyG ``MultiAggregation``).
+
+    Without gradients (``transform`` / ``prune``) the messages are never materialised: each chunk of edges is
+    pooled into running per-node sums, sums of squares and extremes (:meth:`streamed`), so the forward's memory
+    holds node states and one chunk instead of ``[E, H]`` messages per direction and aggregation. Training keeps
+    PyG's path (its aggregations' gradients)."""
 
     def __init__(self, hidden: int, aggregations: list[str], chunk_size: int):
         super().__init__(aggr=list(aggregations) if len(aggregations) > 1 else aggregations[0])
+        self.aggregations = list(aggregations)
         self.mlp = EdgeMLP(hidden, hidden, chunk_size=chunk_size)
 
-    def forward(self, h: torch.Tensor, edge_index: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, edge_index: torch.Tensor | EdgeSegments, e: torch.Tensor,
+                reverse: bool = False) -> torch.Tensor:
+        """Messages from ``edge_index[0]`` to ``edge_index[1]`` (``reverse``: the other way)."""
+        if not torch.is_grad_enabled() and STREAMED_AGGREGATIONS.issuperset(self.aggregations):
+            return self.streamed(h, e, edge_index, reverse)
+        if not isinstance(edge_index, torch.Tensor):
+            edge_index = torch.cat([index for _, index in edge_index], dim=1)
         n = h.shape[0]
-        return self.propagate(edge_index, h=h, e=e, size=(n, n))
+        return self.propagate(edge_index.flip(0) if reverse else edge_index, h=h, e=e, size=(n, n))
 
     def message(self, h: torch.Tensor, e: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         return self.mlp(h, e, edge_index)
+
+    @torch.no_grad()
+    def streamed(self, h: torch.Tensor, e: torch.Tensor, edge_index: torch.Tensor | EdgeSegments,
+                 reverse: bool = False) -> torch.Tensor:
+        """PyG's aggregations of the messages, from per-node running statistics updated one chunk at a time
+        (equal to :meth:`propagate` within float rounding; nodes without incoming edges get 0, as in PyG)."""
+        mlp, n = self.mlp, h.shape[0]
+        width = mlp.out[-1].out_features
+        h_source, h_target = mlp.source(h), mlp.target(h)
+        wanted = set(self.aggregations)
+        total = h.new_zeros(n, width) if wanted & {"sum", "add", "mean", "var", "std"} else None
+        squares = h.new_zeros(n, width) if wanted & {"var", "std"} else None
+        high = h.new_full((n, width), -torch.inf) if "max" in wanted else None
+        low = h.new_full((n, width), torch.inf) if "min" in wanted else None
+        count = torch.zeros(n, dtype=torch.long, device=h.device)
+        for rows, index in edge_chunks(edge_index, mlp.chunk_size):
+            index = index.flip(0) if reverse else index
+            m, d = mlp.chunk(h_source, h_target, e[rows], index), index[1]
+            count += torch.bincount(d, minlength=n)
+            if total is not None:
+                total.index_add_(0, d, m)
+            if squares is not None:
+                squares.index_add_(0, d, m * m)
+            if high is not None or low is not None:
+                targets = d.unsqueeze(1).expand_as(m)
+                if high is not None:
+                    high.scatter_reduce_(0, targets, m, "amax")
+                if low is not None:
+                    low.scatter_reduce_(0, targets, m, "amin")
+        empty = (count == 0).unsqueeze(1)
+        count = count.clamp(min=1).unsqueeze(1).to(h.dtype)
+        pooled = {}
+        for name in wanted:
+            if name in ("sum", "add"):
+                pooled[name] = total
+            elif name == "mean":
+                pooled[name] = total / count
+            elif name in ("var", "std"):
+                mean = total / count
+                var = squares / count - mean * mean
+                if name == "var":
+                    pooled[name] = var
+                else:  # PyG's StdAggregation: sqrt(max(var, 1e-5)), and 0 where that floor was hit
+                    std = var.clamp(min=1e-5).sqrt()
+                    pooled[name] = std.masked_fill(std <= 1e-5 ** 0.5, 0.0)
+            else:
+                pooled[name] = (high if name == "max" else low).masked_fill(empty, 0.0)
+        return torch.cat([pooled[name] for name in self.aggregations], dim=-1)
 
 
 class MetaLayer(nn.Module):
@@ -90,11 +178,13 @@ class MetaLayer(nn.Module):
         self.node_update = _mlp(hidden * (1 + 2 * len(aggregations)), hidden, hidden)
         self.edge_update = EdgeMLP(hidden, hidden, chunk_size=chunk_size)
 
-    def forward(self, h: torch.Tensor, e: torch.Tensor, edge_index: torch.Tensor):
+    def forward(self, h: torch.Tensor, e: torch.Tensor, edge_index: torch.Tensor | EdgeSegments):
         m_fwd = self.forward_messages(h, edge_index, e)
-        m_bwd = self.backward_messages(h, edge_index.flip(0), e)
+        m_bwd = self.backward_messages(h, edge_index, e, reverse=True)
         h = h + self.node_update(torch.cat([h, m_fwd, m_bwd], dim=-1))
-        e = e + self.edge_update(h, e, edge_index)
+        if torch.is_grad_enabled():
+            return h, e + self.edge_update(h, e, edge_index)
+        self.edge_update.add_to(h, e, edge_index)  # inference: edge states updated in place
         return h, e
 
 
@@ -171,12 +261,24 @@ class MetaPrunerModel(MetaPrunerPreTrainedModel):
             record_states[kind] = self.record_encoders[kind](_record_inputs(kind, rec.features.to(dtype)))
             h = h.index_add(0, rec.node, record_states[kind])
         kinds = list(graph.edges)
-        edge_index = torch.cat([graph.edges[k].index for k in kinds], dim=1)
         # Weights are encoded (and edited) relative to their kind's RMS: raw conv weights are ~1e-1..1e-2, and
         # the metanetwork should see their relative sizes, not the absolute scale of one architecture.
         scales = {k: _rms(graph.edges[k].features) for k in kinds}
-        e = torch.cat([self.edge_encoders[k](graph.edges[k].features.to(dtype) / scales[k].to(dtype)) for k in kinds],
-                      dim=0)
+        if torch.is_grad_enabled():
+            edge_index = torch.cat([graph.edges[k].index for k in kinds], dim=1)
+            e = torch.cat([self.edge_encoders[k](graph.edges[k].features.to(dtype) / scales[k].to(dtype))
+                           for k in kinds], dim=0)
+        else:  # inference: the kinds' own index tensors, edge states encoded chunk by chunk into one tensor
+            edge_index, first = [], 0
+            for k in kinds:
+                edge_index.append((first, graph.edges[k].index))
+                first += graph.edges[k].index.shape[1]
+            e = h.new_empty(first, self.config.hidden_size)
+            for (first, _), k in zip(edge_index, kinds):
+                features, scale = graph.edges[k].features, scales[k].to(dtype)
+                for i in range(0, features.shape[0], self.config.edge_chunk_size):
+                    rows = features[i:i + self.config.edge_chunk_size]
+                    e[first + i:first + i + rows.shape[0]] = self.edge_encoders[k](rows.to(dtype) / scale)
         for layer in self.layers:
             h, e = layer(h, e, edge_index)
 
