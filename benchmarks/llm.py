@@ -1,6 +1,7 @@
 """Decoder LLM pruning, measured: a small Llama-style model with grouped-query attention (default 4 layers, hidden
 256, 8 query / 2 key-value heads) trained briefly on a text corpus (the sentences of ../shared/data/sst2), pruned to
-each MACs target with each head granularity (whole key/value groups; query heads only), then finetuned with the
+each MACs target with each head granularity (whole key/value groups; query heads only) — globally ranked, and
+with attention heads alone (a small target: attention is a sixth of the MACs) — then finetuned with the
 same budget for every variant (token-level distillation from the unpruned model), beside the unpruned model
 finetuned with that same budget (the control: what the finetune alone gives). Reports perplexity (validation:
 texts carved from train; test: the corpus's test split) right after pruning and after finetuning, parameters, the
@@ -69,6 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--speed_ups", type=float, nargs="+", default=[1.5, 2.0])
     p.add_argument("--granularities", nargs="+", default=["kv_group", "query"], choices=["kv_group", "query"])
+    p.add_argument("--head_only_speed_ups", type=float, nargs="*", default=[1.05], help=(
+        "targets reached by removing attention heads alone (MLP neurons kept), per granularity: at the --speed_ups "
+        "the global ranking removes MLP neurons first, so these rows are where the granularities differ"))
     p.add_argument("--no_control", action="store_true", help="skip the unpruned model finetuned with the same budget "
                    "(the control that tells pruning's cost from the finetune's gain)")
     p.add_argument("--generate_tokens", type=int, default=32)
@@ -151,10 +155,13 @@ def main(argv=None) -> dict:
     rows = [{"model": "unpruned", **measure(base, data)}]
     log(f"unpruned: {rows[0]}")
     inputs = data.example_inputs(4)
-    variants = [] if args.no_control else [("control", None)]
-    variants += [(g, s) for g in args.granularities for s in args.speed_ups]
-    for granularity, speed_up in variants:
-        name = "unpruned, finetuned" if speed_up is None else f"{granularity}-{speed_up:g}x"
+    variants = [] if args.no_control else [("control", None, False)]
+    variants += [(g, s, False) for g in args.granularities for s in args.speed_ups]
+    variants += [(g, s, True) for g in args.granularities for s in args.head_only_speed_ups]
+    mlps = [m for n, m in base.named_modules() if n.endswith(".mlp")]
+    for granularity, speed_up, heads_only in variants:
+        name = ("unpruned, finetuned" if speed_up is None else
+                f"{granularity}-{'heads-only-' if heads_only else ''}{speed_up:g}x")
         folder = "unpruned-finetuned" if speed_up is None else name
         record_path = os.path.join(args.output_dir, folder, "record.json")
         if os.path.isfile(record_path):
@@ -166,7 +173,8 @@ def main(argv=None) -> dict:
             model, teacher = copy.deepcopy(base).train(), None
             heads, kv = [args.heads] * args.layers, [args.kv_heads] * args.layers
         else:
-            model = hm.prune_to_speedup(base, inputs, speed_up, head_granularity=granularity).model
+            model = hm.prune_to_speedup(base, inputs, speed_up, head_granularity=granularity,
+                                        ignored_layers=mlps if heads_only else None).model
             teacher = base
             heads = list(model.config.pruned_attention_heads.values())
             kv = list(model.config.pruned_key_value_heads.values())
