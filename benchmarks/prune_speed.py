@@ -2,7 +2,7 @@
 
 For each model: graph build, metanetwork forward, pruning to the target MACs speed-up (the three stages of
 ``MetaPrunerModel.prune``), peak memory (RSS high-water mark of this process), and CPU latency (batch 64,
-channels-last) of the original, the pruned model, the model pruned with ``round_to`` (channel counts kept to
+channels-last for convolutions) of the original, the pruned model, the model pruned with ``round_to`` (channel counts kept to
 multiples of 8) and the model pruned to the target in *latency* (a :class:`~hf_metaprune.LatencyTable` measured on this
 machine at the same batch size, with ``round_to``), measured interleaved in one run — beside Torch-Pruning's own
 ``MetaPruner`` (global group-L2 magnitude, stepped until the same MACs target; with and without ``round_to``) on the
@@ -26,9 +26,10 @@ import torch
 import hf_metaprune as hm
 from hf_metaprune.pruning import measure_latency, prune_to_speedup
 
-# Published metanetwork sizes (DESIGN.md): ResNet-56 8 layers x 64 hidden, ResNet-50 6 x 16.
-METANET = {"cifar_resnet56": dict(num_layers=8, hidden_size=64), "resnet50": dict(num_layers=6, hidden_size=16)}
-RESOLUTION = {"cifar_resnet56": 32, "resnet50": 224}
+# Published metanetwork sizes (DESIGN.md): ResNet-56 8 layers x 64 hidden, ResNet-50 6 x 16, ViT-B 3 x 4.
+METANET = {"cifar_resnet56": dict(num_layers=8, hidden_size=64), "resnet50": dict(num_layers=6, hidden_size=16),
+           "vit_base_patch16_224": dict(num_layers=3, hidden_size=4)}
+RESOLUTION = {"cifar_resnet56": 32, "resnet50": 224, "vit_base_patch16_224": 224}
 
 
 def torch_pruning_to_macs(model: torch.nn.Module, x: torch.Tensor, speed_up: float, round_to: int | None
@@ -40,12 +41,19 @@ def torch_pruning_to_macs(model: torch.nn.Module, x: torch.Tensor, speed_up: flo
     model = copy.deepcopy(model).eval()
     start = time.perf_counter()
     base, _ = tp.utils.count_ops_and_params(model, x)
+    # timm attention (fused qkv): Torch-Pruning's ViT example setting, the same channels of every head removed
+    # (its whole-head pruning fails under global ranking in 1.6: head_thres unbound when a step removes no head)
+    attention = [m for m in model.modules() if isinstance(m, timm.layers.Attention)]
     pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
                                   pruning_ratio=0.95, iterative_steps=95, global_pruning=True,
-                                  ignored_layers=[model.get_classifier()], round_to=round_to)
+                                  ignored_layers=[model.get_classifier()], round_to=round_to,
+                                  num_heads={m.qkv: m.num_heads for m in attention}, prune_head_dims=True)
     macs = base
     for _ in range(95):
         pruner.step()
+        for m in attention:  # timm's forward reads these
+            m.head_dim = m.qkv.out_features // (3 * m.num_heads)
+            m.attn_dim = m.num_heads * m.head_dim
         macs, _ = tp.utils.count_ops_and_params(model, x)
         if base / macs >= speed_up:
             break
@@ -59,6 +67,7 @@ def peak_rss_gib() -> float:
 def run(name: str, speed_up: float, batch: int, repeats: int, round_to: int, latency_table_runs: int) -> dict:
     torch.manual_seed(0)
     res = RESOLUTION.get(name, 224)
+    channels_last = "vit" not in name  # a memory format for convolutions
     model = timm.create_model(name, pretrained=False, num_classes=10 if name.startswith("cifar") else 1000).eval()
     x1 = torch.randn(1, 3, res, res)
     metanet = hm.MetaPrunerModel(hm.MetaPrunerConfig(**METANET.get(name, {}))).eval()
@@ -75,7 +84,7 @@ def run(name: str, speed_up: float, batch: int, repeats: int, round_to: int, lat
     rounded = prune_to_speedup(transformed, x1, speed_up, round_to=round_to)
     xb = torch.randn(batch, 3, res, res)
     t4 = time.perf_counter()
-    table = hm.LatencyTable.measure(transformed, xb, channels_last=True, runs=latency_table_runs)
+    table = hm.LatencyTable.measure(transformed, xb, channels_last=channels_last, runs=latency_table_runs)
     t5 = time.perf_counter()
     by_latency = prune_to_speedup(transformed, x1, speed_up, round_to=round_to, latency_table=table)
 
@@ -84,9 +93,12 @@ def run(name: str, speed_up: float, batch: int, repeats: int, round_to: int, lat
 
     models = {"original": model, "pruned": result.model, "rounded": rounded.model, "latency": by_latency.model,
               "tp": tp_plain, "tp_rounded": tp_rounded}
-    lat = {k: v * 1e3 for k, v in measure_latency(models, xb, runs=repeats, warmup=1, channels_last=True).items()}
+    lat = {k: v * 1e3 for k, v in measure_latency(models, xb, runs=repeats, warmup=1,
+                                                  channels_last=channels_last).items()}
     return {
         "model": name,
+        "batch": batch,
+        "channels_last": channels_last,
         "target_speed_up": speed_up,
         "achieved_macs_speed_up": round(result.speed_up, 4),
         "graph_nodes": graph.num_nodes,
@@ -152,8 +164,8 @@ def main():
         print("| " + " | ".join(str(r[c]) for c in cols) + " |")
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump({"device": "cpu", "threads": args.threads, "versions": hm.library_versions(), "batch": args.batch,
-                   "channels_last": True, "rows": rows}, f, indent=2)
+        json.dump({"device": "cpu", "threads": args.threads, "versions": hm.library_versions(), "rows": rows}, f,
+                  indent=2)
     print(f"wrote {args.out}")
 
 

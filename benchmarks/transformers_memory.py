@@ -36,6 +36,7 @@ def measure(name: str, hidden_size: int, num_layers: int) -> dict:
     start = time.perf_counter()
     graph = hm.model_to_graph(model, x)
     row["graph_seconds"] = time.perf_counter() - start
+    row["peak_rss_after_graph_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     row.update(nodes=graph.num_nodes, edges=graph.num_edges)
     metapruner = hm.MetaPrunerModel(hm.MetaPrunerConfig.for_graphs(
         [graph], hidden_size=hidden_size, num_layers=num_layers, init_identity=False)).eval()
@@ -43,6 +44,7 @@ def measure(name: str, hidden_size: int, num_layers: int) -> dict:
     with torch.no_grad():
         new_graph = metapruner(graph)
     row["metanetwork_forward_seconds"] = time.perf_counter() - start
+    row["peak_rss_after_forward_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     start = time.perf_counter()
     transformed = hm.graph_to_model(new_graph, model)
     row["graph_to_model_seconds"] = time.perf_counter() - start
