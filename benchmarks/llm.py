@@ -35,9 +35,11 @@ from hf_metaprune._io import atomic_update
 warnings.filterwarnings("ignore", message=".*(unwrapped|jit.script).*")
 
 TP_SCRIPT = """
-import sys, time, torch, torch_pruning as tp, transformers as tf
+import json, math, sys, time, torch, torch_pruning as tp, transformers as tf
+import torch.nn.functional as F
+import hf_metaprune as hm
 model = tf.AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
-ids = torch.load(sys.argv[2])
+ids, blocks = torch.load(sys.argv[2]), torch.load(sys.argv[4])
 heads = {}
 for layer in model.model.layers:
     a = layer.self_attn
@@ -49,7 +51,23 @@ pruner = tp.pruner.MetaPruner(model, {"input_ids": ids}, importance=tp.importanc
                               prune_num_heads=True, prune_head_dims=False, head_pruning_ratio=float(sys.argv[3]),
                               output_transform=lambda out: out.logits)
 pruner.step()
-print("seconds", time.time() - start)
+seconds = time.time() - start
+row = {"seconds": seconds, "heads": [], "kv_heads": []}
+for layer in model.model.layers:  # Torch-Pruning's LLM example: the attention's head bookkeeping by hand
+    a = layer.self_attn
+    q, kv = pruner.num_heads[a.q_proj], pruner.num_heads[a.k_proj]
+    row["heads"].append(q)
+    row["kv_heads"].append(kv)
+    a.num_key_value_groups = q // kv
+row["macs"], row["params"] = hm.count_macs_and_params(model, {"input_ids": ids[:1]})
+try:
+    with torch.no_grad():
+        logits = model(input_ids=blocks, use_cache=False).logits[:, :-1].float()
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), blocks[:, 1:].reshape(-1))
+    row["val_ppl_right_after"] = math.exp(float(ce))
+except Exception as e:  # a query head count its key/value heads do not divide, ...
+    row["forward_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+print(json.dumps(row))
 """
 
 
@@ -109,19 +127,29 @@ def measure(model, data) -> dict:
             "macs": macs, "params": params}
 
 
-def torch_pruning_llm(base_dir: str, ids: torch.Tensor, ratio: float, timeout: float) -> dict:
-    """Torch-Pruning's own LLM pruning on the same model, in a subprocess (its group search may not end)."""
+def torch_pruning_llm(base_dir: str, ids: torch.Tensor, blocks: torch.Tensor, base_macs: float, ratio: float,
+                      timeout: float) -> dict:
+    """Torch-Pruning's own LLM pruning on the same model, in a subprocess (its group search may not end): its time,
+    MACs, head counts and perplexity right after pruning on ``blocks``, or why it did not get there."""
     with tempfile.TemporaryDirectory() as tmp:
         torch.save(ids, os.path.join(tmp, "ids.pt"))
+        torch.save(blocks, os.path.join(tmp, "blocks.pt"))
         start = time.time()
         try:
-            out = subprocess.run([sys.executable, "-c", TP_SCRIPT, base_dir, os.path.join(tmp, "ids.pt"), str(ratio)],
-                                 capture_output=True, text=True, timeout=timeout)
+            out = subprocess.run([sys.executable, "-c", TP_SCRIPT, base_dir, os.path.join(tmp, "ids.pt"), str(ratio),
+                                  os.path.join(tmp, "blocks.pt")], capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return {"status": f"did not finish in {timeout:g} s", "seconds": time.time() - start}
     if out.returncode:
         return {"status": f"failed: {out.stderr.strip().splitlines()[-1][:200]}", "seconds": time.time() - start}
-    return {"status": "ran", "seconds": float(out.stdout.split()[-1])}
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    if "forward_error" in row:
+        status = f"pruned in {row['seconds']:.1f} s, but its model does not run: {row['forward_error']}"
+    else:
+        status = (f"pruned in {row['seconds']:.1f} s to {base_macs / row['macs']:.2f}x MACs, heads {row['heads']} / "
+                  f"key-value heads {row['kv_heads']}; validation perplexity right after "
+                  f"{row['val_ppl_right_after']:.1f} (on the validation blocks below)")
+    return {"status": status, **row}
 
 
 def main(argv=None) -> dict:
@@ -199,7 +227,8 @@ def main(argv=None) -> dict:
     for r in rows:
         r["tokens_per_s"] = speeds[r["model"]]
     ratio = 1 - 1 / min(args.speed_ups)
-    tp_row = torch_pruning_llm(base_dir, inputs["input_ids"], ratio, args.tp_timeout)
+    tp_row = torch_pruning_llm(base_dir, inputs["input_ids"], data.validation.blocks, rows[0]["macs"], ratio,
+                               args.tp_timeout)
     log(f"Torch-Pruning's LLM path (pruning_ratio {ratio:.2f}): {tp_row}")
     return report(rows, tp_row, ratio, args)
 
