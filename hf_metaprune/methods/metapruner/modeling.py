@@ -288,8 +288,12 @@ class MetaPrunerModel(MetaPrunerPreTrainedModel):
             es = graph.edges[k]
             stop = start + es.index.shape[1]
             delta = self.edge_decoders[k](h, e[start:stop], es.index)
-            new_edges[k] = es.features + (eps * scales[k]) * delta.to(es.features.dtype)
+            if torch.is_grad_enabled():
+                new_edges[k] = es.features + (eps * scales[k]) * delta.to(es.features.dtype)
+            else:  # the same sum, in delta's memory (no [E, 1] temporaries beside it)
+                new_edges[k] = delta.to(es.features.dtype).mul_(eps * scales[k]).add_(es.features)
             start = stop
+        del e
         new_records = {}
         for kind, rec in graph.records.items():
             delta = self.record_decoders[kind](torch.cat([h[rec.node], record_states[kind]], dim=-1))
