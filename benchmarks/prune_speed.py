@@ -70,11 +70,11 @@ def run(name: str, speed_up: float, batch: int, repeats: int, round_to: int, lat
     channels_last = "vit" not in name  # a memory format for convolutions
     model = timm.create_model(name, pretrained=False, num_classes=10 if name.startswith("cifar") else 1000).eval()
     x1 = torch.randn(1, 3, res, res)
-    metanet = hm.MetaPrunerModel(hm.MetaPrunerConfig(**METANET.get(name, {}))).eval()
-
     t0 = time.perf_counter()
     graph = hm.model_to_graph(model, x1)
     t1 = time.perf_counter()
+    # encoders for the graph's edge kinds (a ViT's patch embedding and token embeddings are kinds of their own)
+    metanet = hm.MetaPrunerModel(hm.MetaPrunerConfig.for_graphs([graph], **METANET.get(name, {}))).eval()
     with torch.no_grad():
         new_graph = metanet(graph)
     transformed = hm.graph_to_model(new_graph, model)
@@ -149,8 +149,14 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    rows = [run(name, args.speed_up, args.batch, args.repeats, args.round_to, args.latency_table_runs)
-            for name in args.models]
+    rows = []
+    for name in args.models:  # written after every model, so a failure keeps the rows before it
+        rows.append(run(name, args.speed_up, args.batch, args.repeats, args.round_to, args.latency_table_runs))
+        print(rows[-1], flush=True)
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump({"device": "cpu", "threads": args.threads, "versions": hm.library_versions(), "rows": rows}, f,
+                      indent=2)
     cols = ["model", "graph_edges", "graph_build_s", "metanetwork_forward_s", "prune_s", "total_prune_call_s",
             "achieved_macs_speed_up", "latency_original_ms", "latency_pruned_ms", "measured_speed_up",
             "achieved_macs_speed_up_round_to", "latency_round_to_ms", "measured_speed_up_round_to",
@@ -162,10 +168,6 @@ def main():
     print("|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(str(r[c]) for c in cols) + " |")
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"device": "cpu", "threads": args.threads, "versions": hm.library_versions(), "rows": rows}, f,
-                  indent=2)
     print(f"wrote {args.out}")
 
 
