@@ -1,15 +1,16 @@
 """Prune-time cost and the real CPU speed-up of pruned models.
 
 For each model: graph build, metanetwork forward, pruning to the target MACs speed-up (the three stages of
-``MetaPrunerModel.prune``), peak memory (RSS high-water mark of this process), and CPU latency (batch 64,
+``MetaPrunerModel.prune``), peak memory (RSS high-water mark of this process), and CPU latency (``--batch``,
 channels-last for convolutions) of the original, the pruned model, the model pruned with ``round_to`` (channel counts kept to
 multiples of 8) and the model pruned to the target in *latency* (a :class:`~hf_metaprune.LatencyTable` measured on this
 machine at the same batch size, with ``round_to``), measured interleaved in one run — beside Torch-Pruning's own
 ``MetaPruner`` (global group-L2 magnitude, stepped until the same MACs target; with and without ``round_to``) on the
 same transformed model: its time to prune and its measured latency.
 
-    python benchmarks/prune_speed.py                      # cifar_resnet56 and resnet50, 2.3x
-    python benchmarks/prune_speed.py --models cifar_resnet56 --out results/prune_speed_resnet56.json
+    python benchmarks/prune_speed.py --models cifar_resnet56 --repeats 20 --out results/prune_speed_resnet56.json
+    python benchmarks/prune_speed.py --models resnet50 vit_base_patch16_224 --speed-up 2.0 --batch 8 \
+        --out results/prune_speed_224.json
 """
 from __future__ import annotations
 
@@ -138,14 +139,14 @@ def run(name: str, speed_up: float, batch: int, repeats: int, round_to: int, lat
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["cifar_resnet56", "resnet50"])
+    parser.add_argument("--models", nargs="+", default=["cifar_resnet56", "resnet50", "vit_base_patch16_224"])
     parser.add_argument("--speed-up", type=float, default=2.3)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--round-to", type=int, default=8, help="channel multiple of the rounded variant")
     parser.add_argument("--latency-table-runs", type=int, default=10, help="timed calls per table entry")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--out", default="results/prune_speed.json")
+    parser.add_argument("--out", default="results/prune_speed_224.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
