@@ -35,9 +35,9 @@ from hf_metaprune._io import atomic_update
 warnings.filterwarnings("ignore", message=".*(unwrapped|jit.script).*")
 
 TP_SCRIPT = """
-import json, math, sys, time, torch, torch_pruning as tp, transformers as tf
-import torch.nn.functional as F
+import json, sys, time, torch, torch_pruning as tp, transformers as tf
 import hf_metaprune as hm
+from hf_metaprune.data import LanguageModelingData, TokenBlockDataset
 model = tf.AutoModelForCausalLM.from_pretrained(sys.argv[1]).eval()
 ids, blocks = torch.load(sys.argv[2]), torch.load(sys.argv[4])
 heads = {}
@@ -60,11 +60,10 @@ for layer in model.model.layers:  # Torch-Pruning's LLM example: the attention's
     row["kv_heads"].append(kv)
     a.num_key_value_groups = q // kv
 row["macs"], row["params"] = hm.count_macs_and_params(model, {"input_ids": ids[:1]})
+validation = TokenBlockDataset(blocks)  # the unpruned rows' perplexity, on the same blocks
 try:
     with torch.no_grad():
-        logits = model(input_ids=blocks, use_cache=False).logits[:, :-1].float()
-    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), blocks[:, 1:].reshape(-1))
-    row["val_ppl_right_after"] = math.exp(float(ce))
+        row["val_ppl_right_after"] = hm.perplexity(model, LanguageModelingData(validation, validation, None, None))
 except Exception as e:  # a query head count its key/value heads do not divide, ...
     row["forward_error"] = f"{type(e).__name__}: {str(e)[:200]}"
 print(json.dumps(row))

@@ -424,7 +424,7 @@ def _group_candidates(dg, group, gi, importance, layer_macs, initial, max_ratio,
     if prunable <= 0:
         return []
     try:
-        imp = importance(with_followers(dg, group, layouts))
+        imp = importance(_with_followers(dg, group, layouts))
     except (IndexError, RuntimeError) as e:  # Torch-Pruning mapped the group's channels inconsistently
         raise _untraceable(dg, group, e) from e
     if imp is None:
@@ -455,7 +455,7 @@ def _group_candidates(dg, group, gi, importance, layer_macs, initial, max_ratio,
             if len(c) == chunk or c is chunks[0] and first]
 
 
-def with_followers(dg: tp.DependencyGraph, group, layouts: dict[nn.Module, HeadLayout]):
+def _with_followers(dg: tp.DependencyGraph, group, layouts: dict[nn.Module, HeadLayout]):
     """``group`` as Torch-Pruning's importance should score it. A decoder's key and value projections are left out
     of the trace, so its importance would rank key/value groups by their query rows and output columns alone: their
     key and value rows join here as items of their own, each query channel paired with the key/value channel it

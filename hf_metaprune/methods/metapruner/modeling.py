@@ -269,11 +269,11 @@ class MetaPrunerModel(MetaPrunerPreTrainedModel):
             e = torch.cat([self.edge_encoders[k](graph.edges[k].features.to(dtype) / scales[k].to(dtype))
                            for k in kinds], dim=0)
         else:  # inference: the kinds' own index tensors, edge states encoded chunk by chunk into one tensor
-            edge_index, first = [], 0
+            edge_index, num_edges = [], 0
             for k in kinds:
-                edge_index.append((first, graph.edges[k].index))
-                first += graph.edges[k].index.shape[1]
-            e = h.new_empty(first, self.config.hidden_size)
+                edge_index.append((num_edges, graph.edges[k].index))
+                num_edges += graph.edges[k].index.shape[1]
+            e = h.new_empty(num_edges, self.config.hidden_size)
             for (first, _), k in zip(edge_index, kinds):
                 features, scale = graph.edges[k].features, scales[k].to(dtype)
                 for i in range(0, features.shape[0], self.config.edge_chunk_size):
