@@ -52,6 +52,33 @@ def test_table_covers_every_layer_and_its_estimate_of_the_measured_model_is_the_
     assert model.tiny.weight.is_contiguous()  # the caller's model keeps its memory format
 
 
+@pytest.mark.parametrize("whole_vs_parts", [0.5, 3.0])
+def test_the_estimate_of_the_measured_model_is_its_time_whether_the_parts_add_up_to_more_or_less(
+        monkeypatch, whole_vs_parts):
+    """Layers timed alone can add up to more than the whole model (per-call overhead, cold caches): they are scaled
+    to it, keeping their ratios; when they add up to less, the rest is ``other_seconds``."""
+    from hf_metaprune.pruning import latency
+
+    model, x = BigAndTiny().eval(), torch.randn(4, 3, 16, 16)
+    layer_seconds = {"tiny": 1e-4, "big": 2e-4, "bigger": 4e-4, "head": 1e-4}  # the parts: 8e-4 s at full width
+    by_module = {model.get_submodule(n): s for n, s in layer_seconds.items()}
+
+    def fake_median(module, inputs, runs, warmup, channels_last):  # full-width layers and the whole model only
+        return whole_vs_parts * 8e-4 if module is model else by_module[module]
+
+    monkeypatch.setattr(latency, "_median_seconds", fake_median)
+    monkeypatch.setattr(latency, "_time_layer", lambda module, shape, *args: {
+        "in_grid": [latency._in_channels(module)], "out_grid": [latency._out_channels(module)],
+        "grid": [[fake_median(module, None, 1, 0, True)]], "depthwise": False})
+    table = hm.LatencyTable.measure(model, x, ratios=(1.0,), runs=1, warmup=0)
+    assert table.full_seconds == pytest.approx(whole_vs_parts * 8e-4)
+    assert table.estimate(model, x) == pytest.approx(table.full_seconds, rel=1e-9)
+    scale = min(whole_vs_parts, 1.0)
+    assert {n: e["grid"][0][0] for n, e in table.layers.items()} == pytest.approx(
+        {n: s * scale for n, s in layer_seconds.items()}, rel=1e-9)
+    assert table.other_seconds == pytest.approx(max(whole_vs_parts - 1.0, 0.0) * 8e-4, abs=1e-12)
+
+
 def test_the_table_ranks_layers_as_a_direct_timing_does():
     model, x = BigAndTiny().eval(), torch.randn(8, 3, 32, 32)
     table = hm.LatencyTable.measure(model, x, ratios=(1.0,), runs=5, warmup=1)
