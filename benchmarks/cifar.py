@@ -154,6 +154,7 @@ class BenchmarkArguments:
     # base models and the zoo (one recipe for both)
     architecture: str = field(default="cifar_resnet20")
     num_seeds: int = field(default=3, metadata={"help": "base models = seeds 0..num_seeds-1"})
+    zoo_seed: int = field(default=3, metadata={"help": "the zoo's first seed (its models: zoo_seed, zoo_seed+1, ...)"})
     base_epochs: float = field(default=8.0)
     base_learning_rate: float = field(default=0.1)
     base_warmup: float = field(default=0.0, metadata={"help": "warm-up fraction of the base / zoo schedule"})
@@ -226,6 +227,9 @@ class BenchmarkArguments:
                              f"{self.num_zoo_models}, num_eval_zoo_models={self.num_eval_zoo_models}")
         if self.num_seeds < 1 or not self.speed_ups or min(self.speed_ups) <= 1:
             raise ValueError("need num_seeds >= 1 and speed-ups > 1")
+        if self.zoo_seed < self.num_seeds:  # a base model must never be one the metanetwork was trained on
+            raise ValueError(f"--zoo_seed {self.zoo_seed} overlaps the base models' seeds 0..{self.num_seeds - 1}: "
+                             f"give --zoo_seed >= {self.num_seeds}")
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ValueError(f"--methods: unknown {unknown}; choose from {list(METHODS)}")
@@ -468,7 +472,7 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"{args.preset}: {args.architecture} on {args.dataset}: {len(data.train)} train / "
         f"{len(data.validation)} validation / {len(data.test)} test images, {torch.get_num_threads()} threads")
 
-    # 1. the zoo (seeds S..S+Z-1), the base models (seeds 0..S-1) and the transfer base models: one recipe, each
+    # 1. the zoo (seeds zoo_seed, zoo_seed+1, ...), the base models (seeds 0..num_seeds-1) and the transfer base models: one recipe, each
     # trained when first needed (the ablation needs only the zoo; the transfer rows come last)
     zoo_kwargs = dict(batch_size=args.batch_size, learning_rate=args.base_learning_rate, logging_steps=50,
                       warmup_steps=args.base_warmup, **training)
@@ -480,7 +484,7 @@ def main(argv: list[str] | None = None) -> dict:
         cache.add_seconds(folder.split("-")[0] + "_models", time.time() - t)
         return models
 
-    zoo = base_models(args.architecture, "zoo", args.num_zoo_models, seed=args.num_seeds,
+    zoo = base_models(args.architecture, "zoo", args.num_zoo_models, seed=args.zoo_seed,
                       prune_speed_up=args.zoo_prune_speed_up, finetune_epochs=args.zoo_finetune_epochs,
                       finetune_learning_rate=args.zoo_finetune_learning_rate)
     train_zoo, eval_zoo = zoo.split(args.num_eval_zoo_models)
