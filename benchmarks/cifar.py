@@ -5,7 +5,7 @@
     python benchmarks/cifar.py --preset cpu-ablation                # meta-training candidates only: the ablation
     python benchmarks/cifar.py --preset paper                       # ResNet-56 / CIFAR-10 at 2.3x and 3x (GPU)
     python benchmarks/cifar.py --preset paper-vgg19                 # VGG-19-BN / CIFAR-100 at 8.95x (GPU)
-    python benchmarks/cifar.py --preset cpu --num_seeds 5 --post_epochs 8    # any field overrides the preset
+    python benchmarks/cifar.py --preset cpu --num_seeds 1 --post_epochs 8    # any field overrides the preset
 
 Every method prunes the *same* base models (one per seed) and gets the *same* training budget after them:
 ``pre_epochs`` before pruning and ``post_epochs`` after, each a cosine SGD schedule of the same shape.
@@ -352,8 +352,13 @@ def summarize(values: list[float]) -> dict:
             "values": values}
 
 
+def pm(summary: dict, scale: float = 100) -> str:
+    """``mean ± std`` of a :func:`summarize`; the mean alone for one value (one seed has no spread to show)."""
+    mean = f"{summary['mean'] * scale:.2f}"
+    return mean if len(summary["values"]) < 2 else f"{mean} ± {summary['std'] * scale:.2f}"
+
+
 def markdown_table(base: dict, rows: list[dict], latency_batch_size: int) -> str:
-    pm = lambda s, scale=100: f"{s['mean'] * scale:.2f} ± {s['std'] * scale:.2f}"  # noqa: E731
     lines = [f"| method | target | MACs speed-up | params | test acc right after pruning (%) | + BN recalibration (%) "
              f"| val acc (%) | test acc (%) | CPU latency (ms, batch {latency_batch_size}) |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -408,7 +413,8 @@ def plot(summary: dict, widths: dict[str, dict[str, int]], speed_up: float, path
                         yerr=[r[key]["std"] * 100 for r in rows], marker="o", capsize=3, label=method)
         ax.set_xlabel("MACs speed-up")
         ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{title} (mean ± std, {summary['arguments']['num_seeds']} seeds)")
+        seeds = summary["arguments"]["num_seeds"]
+        ax.set_title(f"{title} (mean ± std, {seeds} seeds)" if seeds > 1 else f"{title} (1 seed)")
     axes[2].legend(fontsize=8)
     fig.suptitle(summary["arguments"]["architecture"])
     fig.tight_layout()
@@ -625,8 +631,7 @@ def main(argv: list[str] | None = None) -> dict:
             for key, label in (("base", "base model, pruned"), ("transformed", "metanetwork transform, pruned")):
                 cells = [summarize([d["speed_ups"][f"{speed_up:g}"][key][split] for d in directs])
                          for split in ("test", "recalibrated_test")]
-                direct_rows.append(f"| {label} | {speed_up:g}× | " + " | ".join(
-                    f"{c['mean'] * 100:.2f} ± {c['std'] * 100:.2f}" for c in cells) + " |")
+                direct_rows.append(f"| {label} | {speed_up:g}× | " + " | ".join(pm(c) for c in cells) + " |")
         direct_table = "\n".join(["| no training at all | target | test acc right after pruning (%) | "
                                   "+ BN recalibration (%) |", "|---|---|---|---|"] + direct_rows)
         transfer_table = "\n".join(

@@ -47,6 +47,10 @@ def test_presets_and_overrides(cifar_benchmark):
         cifar_benchmark.parse_args(["--num_zoo_models", "1"])
     with pytest.raises(ValueError, match="unknown"):
         cifar_benchmark.parse_args(["--methods", "depgraph", "magic"])
+    with pytest.raises(ValueError, match="--zoo_seed 3 overlaps the base models' seeds 0..4"):
+        cifar_benchmark.parse_args(["--num_seeds", "5"])
+    # the zoo does not move with the number of base models (it is committed for the cpu preset)
+    assert cifar_benchmark.parse_args(["--preset", "cpu", "--num_seeds", "1"]).zoo_seed == 3
     cpu = cifar_benchmark.parse_args(["--preset", "cpu"])
     assert (cpu.base_epochs, cpu.val_size, cpu.max_train_samples, cpu.pre_epochs, cpu.post_epochs) == (20.0, 5000, 0,
                                                                                                         3.0, 6.0)
