@@ -134,6 +134,7 @@ CANDIDATE_FIELDS = {
     "meta_prune_aware_weight": "prune_aware_weight", "meta_prune_aware_temperature": "prune_aware_temperature",
     "meta_distill_weight": "distill_weight", "meta_warmup": "warmup", "meta_max_grad_norm": "max_grad_norm",
     "meta_max_steps": "max_steps", "meta_task_batches_per_step": "task_batches_per_step",
+    "meta_ema_decay": "ema_decay",
 }
 
 
@@ -183,6 +184,8 @@ class BenchmarkArguments:
     meta_warmup: list[float] = field(default_factory=lambda: [0.0], metadata={
         "help": "warm-up fraction; > 0 switches the constant schedule to warm-up + cosine"})
     meta_max_grad_norm: list[float] = field(default_factory=lambda: [1.0])
+    meta_ema_decay: list[float] = field(default_factory=lambda: [0.0], metadata={
+        "help": "EMA of the metanetwork's weights (0: off); evaluation and the kept checkpoint use the average"})
     meta_task_batches_per_step: list[int] = field(default_factory=lambda: [2])
     task_batch_size: int = field(default=64)
     probe_finetune_steps: int = field(default=50)
@@ -302,7 +305,8 @@ def candidate_key(args, candidate: dict) -> str:
     """A folder name that changes with everything that shapes the trained metanetwork (cache key)."""
     shared = {k: getattr(args, k) for k in ("hidden_size", "num_layers", "task_batch_size", "meta_eval_steps",
                                             "probe_finetune_steps", "finetune_learning_rate", "speed_ups")}
-    blob = json.dumps({**candidate, **shared}, sort_keys=True)
+    candidate = {k: v for k, v in candidate.items() if not (k == "ema_decay" and v == 0.0)}  # added later: hashed
+    blob = json.dumps({**candidate, **shared}, sort_keys=True)  # only when set, so earlier caches stay valid
     return "candidate-" + hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -323,7 +327,8 @@ def train_metanetwork(args, candidate: dict, train_zoo, eval_zoo, data, common: 
             task_batches_per_step=candidate["task_batches_per_step"],
             prune_aware_weight=candidate["prune_aware_weight"], prune_aware_speed_ups=list(args.speed_ups),
             prune_aware_temperature=candidate["prune_aware_temperature"],
-            distill_weight=candidate["distill_weight"], probe_speed_up=min(args.speed_ups),
+            distill_weight=candidate["distill_weight"], ema_decay=candidate["ema_decay"],
+            probe_speed_up=min(args.speed_ups),
             probe_finetune_steps=args.probe_finetune_steps, probe_learning_rate=args.finetune_learning_rate,
             eval_strategy="steps", eval_steps=args.meta_eval_steps, save_strategy="steps",
             save_steps=args.meta_eval_steps, save_total_limit=1, load_best_model_at_end=True, logging_steps=5,

@@ -178,6 +178,54 @@ def test_resuming_from_a_checkpoint_continues_exactly(tiny_zoo, cifar_small, tmp
         assert torch.equal(a, b), name
 
 
+def test_weight_average_is_what_evaluation_checkpoints_and_the_result_use(tiny_zoo, cifar_small, tmp_path):
+    import safetensors.torch
+    from transformers import TrainerCallback
+
+    train, held_out = tiny_zoo.split(1)
+    trained = []  # the weights being trained, after every step
+
+    class Record(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            trained.append({n: p.detach().clone() for n, p in model.named_parameters()})
+
+    def trainer(out, **kw):
+        return MetaPrunerTrainer(model=_metapruner(train, cifar_small), train_zoo=train, eval_zoo=held_out,
+                                 data=cifar_small, args=_args(out, ema_decay=0.5, max_steps=3, save_strategy="steps",
+                                                              save_steps=2, full_determinism=True, **kw))
+
+    full = trainer(tmp_path / "a", eval_strategy="steps", eval_steps=2)
+    full.add_callback(Record())
+    probed = []
+    full._probe = lambda metapruner, index, with_baseline: (
+        probed.append({n: p.detach().clone() for n, p in metapruner.named_parameters()})
+        or {"probe_accuracy": 0.5, "baseline": 0.4})
+    full.train()
+    p1, p2, p3 = trained
+    average = [p1]
+    for p in (p2, p3):  # decay 0.5: the average moves half-way to the new weights
+        average.append({n: 0.5 * average[-1][n] + 0.5 * p[n] for n in p})
+    names = list(p1)
+    assert not torch.allclose(p2[names[0]], p3[names[0]])  # the weights really moved
+    for n in names:
+        assert torch.allclose(probed[0][n], average[1][n], atol=1e-6), n  # evaluation at step 2: the average
+        assert torch.allclose(dict(full.model.named_parameters())[n], average[2][n], atol=1e-6), n  # the result
+    checkpoint = tmp_path / "a" / "checkpoint-2"
+    saved = safetensors.torch.load_file(str(checkpoint / "model.safetensors"))
+    beside = safetensors.torch.load_file(str(checkpoint / "trained_weights.safetensors"))
+    for n in names:
+        assert torch.allclose(saved[n], average[1][n], atol=1e-6) and torch.equal(beside[n], p2[n]), n
+    assert hm.MetaPrunerModel.from_pretrained(str(checkpoint)) is not None  # the average loads as a metanetwork
+
+    # resumed from step 2, training continues from the trained weights and the average from the saved one
+    resumed = trainer(tmp_path / "a")
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    for n, p in resumed.model.named_parameters():
+        assert torch.allclose(p, average[2][n], atol=1e-6), n
+    with pytest.raises(ValueError, match="ema_decay must be in \\[0, 1\\)"):
+        _args(tmp_path, ema_decay=1.0)
+
+
 def test_non_finite_loss_stops_clearly_and_keeps_the_last_good_checkpoint(tiny_zoo, cifar_small, tmp_path):
     train, _ = tiny_zoo.split(1)
     trainer = MetaPrunerTrainer(model=_metapruner(train, cifar_small),

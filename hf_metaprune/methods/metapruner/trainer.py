@@ -20,6 +20,7 @@ models: transform, prune to the target speed-up, a short finetune, accuracy on t
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -27,14 +28,16 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
 from accelerate.utils import gather_object
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import get_last_checkpoint
 
+from ..._io import atomic_files
 from ...data import ClassificationData
 from ...graph import NetworkGraph, model_to_graph
 from ...pruning import prune_to_speedup
@@ -87,6 +90,9 @@ class MetaPrunerTrainingArguments(TrainingArguments):
     probe_finetune_steps: int = field(default=50, metadata={"help": "SGD steps after pruning in evaluation"})
     probe_learning_rate: float = field(default=0.01, metadata={"help": "learning rate of the probe finetune"})
     probe_eval_samples: int | None = field(default=None, metadata={"help": "validation images per probe"})
+    ema_decay: float = field(default=0.0, metadata={
+        "help": "decay of an exponential moving average of the metanetwork's weights (0: off); evaluation, "
+                "checkpoints and the result use the average, which smooths the noisy meta-gradient"})
     dataloader_drop_last: bool = field(default=True, metadata={
         "help": "drop an incomplete last batch of data models (Accelerate would pad it with repeats, so results "
                 "would depend on the process count)"})
@@ -100,6 +106,8 @@ class MetaPrunerTrainingArguments(TrainingArguments):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: no weight averaging), got {self.ema_decay}")
         if self.prune_aware_temperature < 0:
             raise ValueError(f"prune_aware_temperature must be >= 0, got {self.prune_aware_temperature}")
         speed_ups = self.prune_aware_speed_ups
@@ -171,6 +179,9 @@ class MetaPrunerTrainer(Trainer):
         config.base_architecture = self.architecture
         config.num_data_models = len(train_zoo) + (len(eval_zoo) if eval_zoo is not None else 0)
         config.target_speed_ups = [args.probe_speed_up]
+        self._ema: dict[str, torch.Tensor] | None = None  # the averaged weights, once a step has been taken
+        if args.ema_decay > 0:
+            self.add_callback(_AverageAfterEachStep(self))
 
     # ---- data models ------------------------------------------------------------------------------------
     def _example_inputs(self):
@@ -285,7 +296,7 @@ class MetaPrunerTrainer(Trainer):
         was_training = metapruner.training
         metapruner.eval()
         indices = list(range(len(self.eval_zoo)))
-        with self.accelerator.split_between_processes(indices) as mine:
+        with self.accelerator.split_between_processes(indices) as mine, self._averaged_weights():
             local = [self._probe(metapruner, i, with_baseline=self._baseline_probe is None) for i in mine]
         rows = [r for part in gather_object([local]) for r in part]
         metapruner.train(was_training)
@@ -338,21 +349,95 @@ class MetaPrunerTrainer(Trainer):
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         """Checkpoints and the final folder stay pickle-free: the Trainer's pickled ``training_args.bin`` is dropped
-        (resuming does not read it; the arguments are in ``trainer_state.json``'s log and the model card)."""
-        super()._save(output_dir, state_dict)
-        path = os.path.join(output_dir or self.args.output_dir, TRAINING_ARGS_NAME)
+        (resuming does not read it; the arguments are in ``trainer_state.json``'s log and the model card). With
+        weight averaging the model weights saved are the average (what evaluation scored, so the best checkpoint is
+        the averaged metanetwork); the weights being trained go beside them, for resuming."""
+        output_dir = output_dir or self.args.output_dir
+        if self._ema is not None and state_dict is None:
+            trained = {n: p.detach().contiguous() for n, p in self._unwrapped().named_parameters()}
+            super()._save(output_dir, {**self._unwrapped().state_dict(), **self._ema})
+            with atomic_files(output_dir, [TRAINED_WEIGHTS_NAME]) as tmp:
+                safetensors.torch.save_file(trained, tmp[TRAINED_WEIGHTS_NAME])
+        else:
+            super()._save(output_dir, state_dict)
+        path = os.path.join(output_dir, TRAINING_ARGS_NAME)
         if os.path.isfile(path):
             os.remove(path)
+
+    # ---- weight averaging ---------------------------------------------------------------------------------
+    def _unwrapped(self) -> MetaPrunerModel:
+        return self.accelerator.unwrap_model(self.model)
+
+    @torch.no_grad()
+    def _update_average(self) -> None:
+        params = self._unwrapped().named_parameters()
+        if self._ema is None:
+            self._ema = {n: p.detach().clone() for n, p in params}
+        else:
+            for n, p in params:
+                self._ema[n].lerp_(p.detach(), 1.0 - self.args.ema_decay)
+
+    @contextlib.contextmanager
+    def _averaged_weights(self):
+        """The averaged weights in the model for the duration (nothing changes without averaging)."""
+        if self._ema is None:
+            yield
+            return
+        params = dict(self._unwrapped().named_parameters())
+        trained = {n: p.detach().clone() for n, p in params.items()}
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(self._ema[n])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(trained[n])
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Resuming a run with weight averaging: the checkpoint's model weights are the average, the trained ones
+        lie beside them; training continues from the trained weights (with or without averaging now)."""
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, TRAINED_WEIGHTS_NAME)
+        if not os.path.isfile(path):
+            return
+        params = dict(self._unwrapped().named_parameters())
+        trained = safetensors.torch.load_file(path)
+        if set(trained) != set(params) or any(trained[n].shape != p.shape for n, p in params.items()):
+            raise ValueError(f"{path}: the trained weights do not match this metanetwork's parameters; the checkpoint "
+                             "belongs to another metanetwork")
+        if self.args.ema_decay > 0:
+            self._ema = {n: p.detach().clone() for n, p in params.items()}
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(trained[n])
 
     # ---- end of training: the best checkpoint's scores go to the model card --------------------------------
     def train(self, *args, **kwargs):
         output = super().train(*args, **kwargs)
         best = self.state.best_model_checkpoint
+        if self._ema is not None and not (self.args.load_best_model_at_end and best):
+            with torch.no_grad():  # the result is the averaged metanetwork (a loaded best checkpoint already is)
+                for n, p in self._unwrapped().named_parameters():
+                    p.copy_(self._ema[n])
+        self._ema = None
         config = self.accelerator.unwrap_model(self.model).config
         if best and os.path.isfile(os.path.join(best, "config.json")):
             with open(os.path.join(best, "config.json")) as f:
                 config.validation_scores = json.load(f).get("validation_scores")
         return output
+
+
+TRAINED_WEIGHTS_NAME = "trained_weights.safetensors"  # beside averaged checkpoints: the weights being trained
+
+
+class _AverageAfterEachStep(TrainerCallback):
+    def __init__(self, trainer: MetaPrunerTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer._update_average()
 
 
 def _seed(*parts: int) -> int:
