@@ -483,8 +483,8 @@ def main(argv: list[str] | None = None) -> dict:
     log(f"{args.preset}: {args.architecture} on {args.dataset}: {len(data.train)} train / "
         f"{len(data.validation)} validation / {len(data.test)} test images, {torch.get_num_threads()} threads")
 
-    # 1. the zoo (seeds zoo_seed, zoo_seed+1, ...), the base models (seeds 0..num_seeds-1) and the transfer base models: one recipe, each
-    # trained when first needed (the ablation needs only the zoo; the transfer rows come last)
+    # 1. the zoo (seeds zoo_seed, zoo_seed+1, ...), the base models (seeds 0..num_seeds-1) and the transfer base
+    # models: one recipe, each trained when first needed (the ablation needs only the zoo; the transfer rows come last)
     zoo_kwargs = dict(batch_size=args.batch_size, learning_rate=args.base_learning_rate, logging_steps=50,
                       warmup_steps=args.base_warmup, **training)
 

@@ -175,7 +175,7 @@ class MetaPrunerTrainer(Trainer):
         self._log_sums: dict[str, float] = defaultdict(float)
         self._log_count = 0
         self._baseline_probe: float | None = None
-        config = self.accelerator.unwrap_model(self.model).config
+        config = self._unwrapped().config
         config.base_architecture = self.architecture
         config.num_data_models = len(train_zoo) + (len(eval_zoo) if eval_zoo is not None else 0)
         config.target_speed_ups = [args.probe_speed_up]
@@ -194,7 +194,7 @@ class MetaPrunerTrainer(Trainer):
                 p.requires_grad_(False)
             x = self._example_inputs()
             graph = model_to_graph(module, x).to(self.args.device)
-            self.accelerator.unwrap_model(self.model).check_graph(graph)
+            self._unwrapped().check_graph(graph)
             groups = ChannelGroups.from_model(module, x)
             params = dict(module.named_parameters())
             self._targets[index] = _Target(module, graph, groups, list(params),
@@ -292,7 +292,7 @@ class MetaPrunerTrainer(Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         if self.eval_zoo is None:
             raise ValueError("evaluation needs held-out data models: pass eval_zoo (see DataModelZoo.split)")
-        metapruner = self.accelerator.unwrap_model(self.model)
+        metapruner = self._unwrapped()
         was_training = metapruner.training
         metapruner.eval()
         indices = list(range(len(self.eval_zoo)))
@@ -383,17 +383,13 @@ class MetaPrunerTrainer(Trainer):
         if self._ema is None:
             yield
             return
-        params = dict(self._unwrapped().named_parameters())
-        trained = {n: p.detach().clone() for n, p in params.items()}
-        with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(self._ema[n])
+        model = self._unwrapped()
+        trained = {n: p.detach().clone() for n, p in model.named_parameters()}
+        _copy_parameters(model, self._ema)
         try:
             yield
         finally:
-            with torch.no_grad():
-                for n, p in params.items():
-                    p.copy_(trained[n])
+            _copy_parameters(model, trained)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Resuming a run with weight averaging: the checkpoint's model weights are the average, the trained ones
@@ -409,20 +405,16 @@ class MetaPrunerTrainer(Trainer):
                              "belongs to another metanetwork")
         if self.args.ema_decay > 0:
             self._ema = {n: p.detach().clone() for n, p in params.items()}
-        with torch.no_grad():
-            for n, p in params.items():
-                p.copy_(trained[n])
+        _copy_parameters(self._unwrapped(), trained)
 
     # ---- end of training: the best checkpoint's scores go to the model card --------------------------------
     def train(self, *args, **kwargs):
         output = super().train(*args, **kwargs)
         best = self.state.best_model_checkpoint
         if self._ema is not None and not (self.args.load_best_model_at_end and best):
-            with torch.no_grad():  # the result is the averaged metanetwork (a loaded best checkpoint already is)
-                for n, p in self._unwrapped().named_parameters():
-                    p.copy_(self._ema[n])
+            _copy_parameters(self._unwrapped(), self._ema)  # the result is the average (a loaded best one already is)
         self._ema = None
-        config = self.accelerator.unwrap_model(self.model).config
+        config = self._unwrapped().config
         if best and os.path.isfile(os.path.join(best, "config.json")):
             with open(os.path.join(best, "config.json")) as f:
                 config.validation_scores = json.load(f).get("validation_scores")
@@ -430,6 +422,13 @@ class MetaPrunerTrainer(Trainer):
 
 
 TRAINED_WEIGHTS_NAME = "trained_weights.safetensors"  # beside averaged checkpoints: the weights being trained
+
+
+@torch.no_grad()
+def _copy_parameters(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Every parameter of ``model`` set to the tensor of its name (the average, or the trained weights)."""
+    for n, p in model.named_parameters():
+        p.copy_(tensors[n])
 
 
 class _AverageAfterEachStep(TrainerCallback):
