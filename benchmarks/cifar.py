@@ -42,6 +42,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import safetensors.torch
 import torch
 from transformers import HfArgumentParser, set_seed
 
@@ -209,6 +210,12 @@ class BenchmarkArguments:
     methods: list[str] = field(default_factory=lambda: list(METHODS), metadata={"help": f"of {list(METHODS)}"})
     transfer_architectures: list[str] = field(default_factory=list, metadata={
         "help": "other depths pruned at min(speed_ups) by DepGraph + SL and the metanetwork (one base model each)"})
+    metanetwork: str = field(default="", metadata={
+        "help": "a trained metanetwork (a shipped name such as cifar_resnet20-cifar10, or a folder) used instead of "
+                "meta-training the --meta_* candidates"})
+    transfer_only: bool = field(default=False, metadata={
+        "help": "run only the transfer rows (--transfer_architectures); writes <results_dir>/cifar_<preset>_transfer"
+                ".{json,md}"})
     stop_after: str = field(default="", metadata={
         "help": "'models': train base / zoo / transfer models only; 'metanetwork': also meta-train every candidate "
                 "and write the candidate (ablation) table"})
@@ -238,6 +245,12 @@ class BenchmarkArguments:
             raise ValueError(f"--methods: unknown {unknown}; choose from {list(METHODS)}")
         if self.stop_after not in ("", "models", "metanetwork"):
             raise ValueError(f"--stop_after must be 'models' or 'metanetwork', got '{self.stop_after}'")
+        if self.metanetwork and self.stop_after == "metanetwork":
+            raise ValueError(f"--stop_after metanetwork meta-trains the candidates; --metanetwork {self.metanetwork} "
+                             f"skips that: give one of them")
+        if self.transfer_only and (self.stop_after or not self.transfer_architectures):
+            raise ValueError("--transfer_only needs --transfer_architectures (got "
+                             f"{self.transfer_architectures or 'none'}) and no --stop_after (got '{self.stop_after}')")
 
     def candidates(self) -> list[dict]:
         n = max(len(getattr(self, name)) for name in CANDIDATE_FIELDS)
@@ -377,6 +390,16 @@ def markdown_table(base: dict, rows: list[dict], latency_batch_size: int) -> str
     return "\n".join(lines)
 
 
+def transfer_markdown(rows: list[dict]) -> str:
+    """The transfer rows: other depths pruned by the metanetwork meta-trained on this zoo, beside DepGraph + SL."""
+    return "\n".join(
+        ["| architecture | method | MACs speed-up | base test acc (%) | right after pruning (%) | "
+         "+ BN recalibration (%) | val acc (%) | test acc (%) |", "|---|---|---|---|---|---|---|---|"] +
+        [f"| {r['architecture']} | {r['method']} | {r['speed_up']:.2f}× | {r['base_test_accuracy'] * 100:.2f} | "
+         f"{r['pruned_test_accuracy'] * 100:.2f} | {r['recalibrated_test_accuracy'] * 100:.2f} | "
+         f"{r['val_accuracy'] * 100:.2f} | {r['test_accuracy'] * 100:.2f} |" for r in rows])
+
+
 def candidate_table(candidates: list[dict], selected: int) -> str:
     """The ablation: every meta-training candidate's prune-and-probe scores on held-out data models (validation)."""
     varying = [k for k in CANDIDATE_FIELDS.values() if len({json.dumps(c[k]) for c in candidates}) > 1] or \
@@ -484,7 +507,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"{len(data.validation)} validation / {len(data.test)} test images, {torch.get_num_threads()} threads")
 
     # 1. the zoo (seeds zoo_seed, zoo_seed+1, ...), the base models (seeds 0..num_seeds-1) and the transfer base
-    # models: one recipe, each trained when first needed (the ablation needs only the zoo; the transfer rows come last)
+    # models: one recipe, each trained when first needed (the ablation needs only the zoo, a given --metanetwork not
+    # even that; the transfer rows come last)
     zoo_kwargs = dict(batch_size=args.batch_size, learning_rate=args.base_learning_rate, logging_steps=50,
                       warmup_steps=args.base_warmup, **training)
 
@@ -495,53 +519,103 @@ def main(argv: list[str] | None = None) -> dict:
         cache.add_seconds(folder.split("-")[0] + "_models", time.time() - t)
         return models
 
-    zoo = base_models(args.architecture, "zoo", args.num_zoo_models, seed=args.zoo_seed,
-                      prune_speed_up=args.zoo_prune_speed_up, finetune_epochs=args.zoo_finetune_epochs,
-                      finetune_learning_rate=args.zoo_finetune_learning_rate)
-    train_zoo, eval_zoo = zoo.split(args.num_eval_zoo_models)
+    zoo = lambda: base_models(args.architecture, "zoo", args.num_zoo_models, seed=args.zoo_seed,  # noqa: E731
+                              prune_speed_up=args.zoo_prune_speed_up, finetune_epochs=args.zoo_finetune_epochs,
+                              finetune_learning_rate=args.zoo_finetune_learning_rate)
     transfer_bases = lambda: {arch: base_models(arch, f"transfer-{arch}", 1, seed=0)  # noqa: E731
                               for arch in args.transfer_architectures}
     if args.stop_after == "models":
+        zoo()
         base_models(args.architecture, "base", args.num_seeds, seed=0)
         transfer_bases()
         return {}
 
-    # 2. meta-training: every candidate, selected by prune-and-probe accuracy on the validation split
+    # 2. meta-training: every candidate, selected by prune-and-probe accuracy on the validation split (or a given
+    # trained metanetwork, cached under a digest of its weights)
     t = time.time()
     candidates = []
-    for i, candidate in enumerate(args.candidates()):
+    if args.metanetwork:
+        metapruner = hm.MetaPrunerModel.from_pretrained(args.metanetwork).eval()
+        digest = hashlib.sha256(safetensors.torch.save({k: v.contiguous() for k, v in metapruner.state_dict().items()}))
+        meta_key, best = f"given-{digest.hexdigest()[:10]}", None
+        log(f"metanetwork: {args.metanetwork} (validation scores {metapruner.config.validation_scores}), no "
+            f"meta-training")
+    train_zoo, eval_zoo = (None, None) if args.metanetwork else zoo().split(args.num_eval_zoo_models)
+    for i, candidate in enumerate([] if args.metanetwork else args.candidates()):
         tc = time.time()
         _, path, scores, history = train_metanetwork(args, candidate, train_zoo, eval_zoo, data, common)
         candidates.append(dict(candidate, path=path, validation_scores=scores, seconds=history["seconds"],
                                history=history["history"]))
         log(f"metanetwork candidate {i} {candidate}: {scores} ({time.time() - tc:.0f}s)")
-    best = max(range(len(candidates)), key=lambda i: candidates[i]["validation_scores"].get("probe_accuracy", -1))
-    metapruner = hm.MetaPrunerModel.from_pretrained(candidates[best]["path"]).eval()
-    cache.add_seconds("meta_training", time.time() - t)
-    log(f"selected candidate {best} (probe accuracy {candidates[best]['validation_scores'].get('probe_accuracy')})")
-    meta_key = os.path.basename(os.path.dirname(candidates[best]["path"]))
+    if candidates:
+        best = max(range(len(candidates)), key=lambda i: candidates[i]["validation_scores"].get("probe_accuracy", -1))
+        metapruner = hm.MetaPrunerModel.from_pretrained(candidates[best]["path"]).eval()
+        cache.add_seconds("meta_training", time.time() - t)
+        log(f"selected candidate {best} (probe accuracy {candidates[best]['validation_scores'].get('probe_accuracy')})")
+        meta_key = os.path.basename(os.path.dirname(candidates[best]["path"]))
     if args.ship_as:
         command = "python benchmarks/cifar.py " + " ".join(sys.argv[1:] if argv is None else argv)
         log(f"shipped the selected metanetwork as '{args.ship_as}': {ship(metapruner, args.ship_as, command)}")
     tag = lambda stage: f"{stage}-{meta_key}" if stage.startswith("metanetwork") else stage  # noqa: E731  (cache)
     os.makedirs(args.results_dir, exist_ok=True)
     prefix = os.path.join(args.results_dir, f"cifar_{args.preset}")
-    curves = plot_training_curves(candidates, f"{prefix}_training.png")
-    ablation = candidate_table(candidates, best)
+    curves = [plot_training_curves(candidates, f"{prefix}_training.png")] if candidates else []
+    ablation = candidate_table(candidates, best) if candidates else f"(not meta-trained here: --metanetwork " \
+        f"{args.metanetwork})"
     if args.stop_after == "metanetwork":
         summary = {"preset": args.preset, "candidate_table": ablation, "metanetwork_candidates": candidates,
                    "selected_candidate": best, "arguments": asdict(args), "versions": hm.library_versions(),
-                   "plots": [curves]}
+                   "plots": curves}
         with open(f"{prefix}_candidates.json", "w") as f:
             json.dump(summary, f, indent=2)
         with open(f"{prefix}_candidates.md", "w") as f:
             f.write(ablation + "\n")
-        print(f"\n{ablation}\nwritten to {prefix}_candidates.json, .md and {curves}", flush=True)
+        print(f"\n{ablation}\nwritten to {prefix}_candidates.json, .md and {curves[0]}", flush=True)
+        return summary
+
+    def transfer_rows() -> list[dict]:
+        """The metanetwork (meta-trained on this zoo, or given) on other depths, against DepGraph + SL; the
+        metanetwork rows are those of args.methods (the preset's: metanetwork + SL)."""
+        rows = []
+        transfer_methods = ["depgraph-sl"] + [m for m in args.methods if METHODS[m][1].startswith("metanetwork")]
+        for arch, zoo_of_one in transfer_bases().items():
+            base = zoo_of_one.model(0)
+            for method, stage, importance in (METHODS[m] for m in transfer_methods):
+                name = f"transfer-{arch}/{tag(stage)}-{importance}-{min(args.speed_ups):g}x"
+                record = cache.record(name)
+                if record is None:
+                    pre = _pre_prune_stage(args, cache, 0, stage, base, data, metapruner, finetune_kwargs,
+                                           name=f"transfer-{arch}/pre-{tag(stage)}", architecture=arch)
+                    record, model = _prune_and_finetune(args, cache, name, pre.model, data, min(args.speed_ups),
+                                                        importance, 0, finetune_kwargs)
+                    for key in ("stage_val_accuracy", "stage_seconds"):  # the whole pipeline's stages in one record
+                        record[key] = {**getattr(pre, key), **record[key]}
+                    record.update(method=method, architecture=arch, seed=0, target_speed_up=min(args.speed_ups),
+                                  base_val_accuracy=zoo_of_one.dataset["val_accuracy"][0],
+                                  base_test_accuracy=evaluate_accuracy(base, data, split="test"))
+                    cache.save(name, model, record, arch)
+                    log(f"transfer {arch} {method}: {record['speed_up']:.2f}x, test {record['test_accuracy']:.4f}")
+                rows.append(record)
+        return rows
+
+    if args.transfer_only:
+        transfer = transfer_rows()
+        table = transfer_markdown(transfer)
+        summary = {"preset": args.preset, "transfer_table": table, "transfer": transfer,
+                   "metanetwork": args.metanetwork or candidates[best]["path"], "candidate_table": ablation,
+                   "metanetwork_candidates": candidates, "selected_candidate": best, "arguments": asdict(args),
+                   "stage_seconds": json.load(open(os.path.join(args.output_dir, "stage_seconds.json"))),
+                   "torch_threads": torch.get_num_threads(), "versions": hm.library_versions()}
+        with open(f"{prefix}_transfer.json", "w") as f:
+            json.dump(summary, f, indent=2)
+        with open(f"{prefix}_transfer.md", "w") as f:
+            f.write(f"Transfer (1 seed; metanetwork: {summary['metanetwork']}):\n\n{table}\n")
+        print(f"\n{table}\nwritten to {prefix}_transfer.json, .md", flush=True)
         return summary
 
     # 3. every method on every base model: pre-prune stage once, then prune to each speed-up and finetune
     bases = base_models(args.architecture, "base", args.num_seeds, seed=0)
-    log(f"base models: val {list(bases.dataset['val_accuracy'])}; zoo: val {list(zoo.dataset['val_accuracy'])}")
+    log(f"base models: val {list(bases.dataset['val_accuracy'])}")
     methods = [METHODS[m] for m in args.methods]
     runs, base_rows, widths, directs = [], [], {}, []
     for seed in range(args.num_seeds):
@@ -639,20 +713,15 @@ def main(argv: list[str] | None = None) -> dict:
                 direct_rows.append(f"| {label} | {speed_up:g}× | " + " | ".join(pm(c) for c in cells) + " |")
         direct_table = "\n".join(["| no training at all | target | test acc right after pruning (%) | "
                                   "+ BN recalibration (%) |", "|---|---|---|---|"] + direct_rows)
-        transfer_table = "\n".join(
-            ["| architecture | method | MACs speed-up | base test acc (%) | right after pruning (%) | "
-             "+ BN recalibration (%) | test acc (%) |", "|---|---|---|---|---|---|---|"] +
-            [f"| {r['architecture']} | {r['method']} | {r['speed_up']:.2f}× | {r['base_test_accuracy'] * 100:.2f} | "
-             f"{r['pruned_test_accuracy'] * 100:.2f} | {r['recalibrated_test_accuracy'] * 100:.2f} | "
-             f"{r['test_accuracy'] * 100:.2f} |" for r in transfer])
-        summary = {"preset": args.preset, "table": table, "candidate_table": ablation, "transfer_table": transfer_table,
+        summary = {"preset": args.preset, "table": table, "candidate_table": ablation,
+                   "transfer_table": transfer_markdown(transfer),
                    "direct_table": direct_table, "direct": directs,
                    "base": base_summary, "rows": rows, "runs": runs, "base_runs": base_rows, "transfer": transfer,
                    "metanetwork_candidates": candidates, "selected_candidate": best,
                    "stage_seconds": stage_seconds, "torch_threads": torch.get_num_threads(),
                    "device": "cuda" if not cpu else "cpu", "arguments": asdict(args),
                    "versions": hm.library_versions()}
-        summary["plots"] = plot(summary, widths, max(args.speed_ups), prefix) + [curves]
+        summary["plots"] = plot(summary, widths, max(args.speed_ups), prefix) + curves
         with open(f"{prefix}.json", "w") as f:
             json.dump(summary, f, indent=2)
         times = ", ".join(f"{k} {v / 60:.1f} min" for k, v in stage_seconds.items())
@@ -666,7 +735,7 @@ def main(argv: list[str] | None = None) -> dict:
                      f"min per search ({statistics.mean(r['genes_evaluated'] for r in searches):.0f} genes, {how}), "
                      "included in prune + finetune.\n")
         if transfer:
-            text += f"\nTransfer (1 seed):\n\n{transfer_table}\n"
+            text += f"\nTransfer (1 seed):\n\n{summary['transfer_table']}\n"
         with open(f"{prefix}.md", "w") as f:
             f.write(text)
         print(f"\n{text}\nwritten to {prefix}.json, .md and {', '.join(summary['plots'])}", flush=True)
@@ -674,26 +743,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     summary = report([])
 
-    # 5. transfer: the metanetwork (meta-trained on this zoo) on other depths, against DepGraph + SL; the metanetwork
-    # rows are those of args.methods (the preset's: metanetwork + SL)
-    transfer = []
-    transfer_methods = ["depgraph-sl"] + [m for m in args.methods if METHODS[m][1].startswith("metanetwork")]
-    for arch, zoo_of_one in transfer_bases().items():
-        base = zoo_of_one.model(0)
-        for method, stage, importance in (METHODS[m] for m in transfer_methods):
-            name = f"transfer-{arch}/{tag(stage)}-{importance}-{min(args.speed_ups):g}x"
-            record = cache.record(name)
-            if record is None:
-                pre = _pre_prune_stage(args, cache, 0, stage, base, data, metapruner, finetune_kwargs,
-                                       name=f"transfer-{arch}/pre-{tag(stage)}", architecture=arch)
-                record, model = _prune_and_finetune(args, cache, name, pre.model, data, min(args.speed_ups),
-                                                    importance, 0, finetune_kwargs)
-                record.update(method=method, architecture=arch, seed=0, target_speed_up=min(args.speed_ups),
-                              base_val_accuracy=zoo_of_one.dataset["val_accuracy"][0],
-                              base_test_accuracy=evaluate_accuracy(base, data, split="test"))
-                cache.save(name, model, record, arch)
-                log(f"transfer {arch} {method}: {record['speed_up']:.2f}x, test {record['test_accuracy']:.4f}")
-            transfer.append(record)
+    # 5. transfer: the metanetwork on other depths, against DepGraph + SL
+    transfer = transfer_rows()
     if transfer:
         summary = report(transfer)
     return summary

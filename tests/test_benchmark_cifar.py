@@ -138,3 +138,36 @@ def test_stop_after_metanetwork_writes_the_candidate_table(cifar_benchmark, tmp_
     assert [c["prune_aware_weight"] for c in summary["metanetwork_candidates"]] == [0.0, 0.5]
     assert (tmp_path / "results" / "cifar_cpu-small_training.png").stat().st_size > 0
     assert not (tmp_path / "out" / "seed-0").exists()  # no method was run
+
+
+def test_transfer_only_with_a_given_metanetwork(cifar_benchmark, tmp_path):
+    """A trained metanetwork (a folder or a shipped name) prunes another depth on its own: no zoo, no meta-training,
+    no comparison rows — the transfer table alone."""
+    folder = str(tmp_path / "metapruner")
+    hm.MetaPrunerModel(hm.MetaPrunerConfig(hidden_size=8, num_layers=1)).save_pretrained(folder)
+    common = TINY + ["--output_dir", str(tmp_path / "out"), "--results_dir", str(tmp_path / "results"),
+                     "--num_seeds", "1", "--methods", "depgraph-sl", "metanetwork-sl"]
+    with pytest.raises(ValueError, match="--transfer_only needs --transfer_architectures"):
+        cifar_benchmark.parse_args(common + ["--transfer_only", "true"])
+    with pytest.raises(ValueError, match="give one of them"):
+        cifar_benchmark.parse_args(common + ["--metanetwork", folder, "--stop_after", "metanetwork"])
+
+    argv = common + ["--transfer_only", "true", "--metanetwork", folder, "--transfer_architectures", "cifar_resnet32",
+                     "--speed_ups", "2", "3"]
+    summary = cifar_benchmark.main(argv)
+    written = json.loads((tmp_path / "results" / "cifar_cpu-small_transfer.json").read_text())
+    assert written["transfer_table"] == summary["transfer_table"] and written["metanetwork"] == folder
+    assert written["versions"] == hm.library_versions()
+    assert [(r["architecture"], r["method"]) for r in written["transfer"]] == \
+        [("cifar_resnet32", "DepGraph + SL"), ("cifar_resnet32", "metanetwork + SL")]
+    for r in written["transfer"]:  # at the smallest target, measured before and after finetuning
+        assert r["target_speed_up"] == 2.0 and abs(r["speed_up"] - 2.0) < 0.1
+        assert 0 < r["pruned_test_accuracy"] <= 1 and 0 < r["test_accuracy"] <= 1
+        assert {"pre_prune", "pruned", "finetuned"} <= set(r["stage_val_accuracy"])  # the whole pipeline
+    assert "transformed" in written["transfer"][1]["stage_val_accuracy"]  # the given metanetwork transformed it
+    assert "transformed" not in written["transfer"][0]["stage_val_accuracy"]
+    assert set(json.loads((tmp_path / "out" / "stage_seconds.json").read_text())) == \
+        {"transfer_models", "pre_prune", "prune_and_finetune"}  # no zoo, no meta-training, no comparison
+    assert not (tmp_path / "out" / "seed-0").exists()
+    assert "| cifar_resnet32 | metanetwork + SL | 2.0" in (tmp_path / "results" / "cifar_cpu-small_transfer.md").read_text()
+    assert cifar_benchmark.main(argv)["transfer"] == summary["transfer"]  # cached: the same records
