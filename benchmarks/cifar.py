@@ -6,6 +6,8 @@
     python benchmarks/cifar.py --preset paper                       # ResNet-56 / CIFAR-10 at 2.3x and 3x (GPU)
     python benchmarks/cifar.py --preset paper-vgg19                 # VGG-19-BN / CIFAR-100 at 8.95x (GPU)
     python benchmarks/cifar.py --preset cpu --num_seeds 1 --post_epochs 8    # any field overrides the preset
+    python benchmarks/cifar.py --preset cpu --transfer_only true --metanetwork cifar_resnet20-cifar10
+                                            # the transfer rows alone, pruned with the shipped metanetwork
 
 Every method prunes the *same* base models (one per seed) and gets the *same* training budget after them:
 ``pre_epochs`` before pruning and ``post_epochs`` after, each a cosine SGD schedule of the same shape.
@@ -22,7 +24,8 @@ models); every candidate (the ``--meta_*`` lists, zipped) is trained with prune-
 data models, and the checkpoint and candidate with the best probe accuracy on the validation split are used — the
 candidate table is the ablation. Finetuning keeps each run's best epoch on the validation split; the test split is
 read only to report. ``--transfer_architectures`` prunes other depths (one base model each, same recipe) with the
-same metanetwork. Everything is cached in ``--output_dir``: an interrupted run resumes where it stopped, and a
+same metanetwork (``--transfer_only`` runs only those; ``--metanetwork`` gives a trained one instead of
+meta-training). Everything is cached in ``--output_dir``: an interrupted run resumes where it stopped, and a
 candidate meta-trained once (in an ablation) is reused.
 
 Writes ``<results_dir>/cifar_<preset>.json`` (all runs, stage wall times, arguments, library versions), ``.md``
