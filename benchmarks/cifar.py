@@ -198,6 +198,9 @@ class BenchmarkArguments:
     pre_epochs: float = field(default=2.0, metadata={"help": "training epochs before pruning (every method)"})
     post_epochs: float = field(default=4.0, metadata={"help": "finetuning epochs after pruning (every method)"})
     finetune_learning_rate: float = field(default=0.01)
+    round_to: int = field(default=0, metadata={
+        "help": "prune every group to a multiple of this many channels (0: as the criterion leaves them); odd widths "
+                "train slowly in bf16 (benchmarks/pruned_training_speed.py). Not applied to the searched methods"})
     sl_lambda: float = field(default=2.5e-3, metadata={"help": "DepGraph sparse-learning strength"})
     pruningnet_hidden_size: int = field(default=32, metadata={"help": "MetaPruning's generator width (paper: 32)"})
     search_population: int = field(default=16, metadata={"help": "MetaPruning's evolutionary search (paper: 50)"})
@@ -248,6 +251,8 @@ class BenchmarkArguments:
             raise ValueError(f"--methods: unknown {unknown}; choose from {list(METHODS)}")
         if self.stop_after not in ("", "models", "metanetwork"):
             raise ValueError(f"--stop_after must be 'models' or 'metanetwork', got '{self.stop_after}'")
+        if self.round_to < 0:
+            raise ValueError(f"--round_to must be >= 0 (0: widths as pruned), got {self.round_to}")
         if self.metanetwork and self.stop_after == "metanetwork":
             raise ValueError(f"--stop_after metanetwork meta-trains the candidates; --metanetwork {self.metanetwork} "
                              f"skips that: give one of them")
@@ -560,6 +565,7 @@ def main(argv: list[str] | None = None) -> dict:
         command = "python benchmarks/cifar.py " + " ".join(sys.argv[1:] if argv is None else argv)
         log(f"shipped the selected metanetwork as '{args.ship_as}': {ship(metapruner, args.ship_as, command)}")
     tag = lambda stage: f"{stage}-{meta_key}" if stage.startswith("metanetwork") else stage  # noqa: E731  (cache)
+    rounded = f"-round{args.round_to}" if args.round_to else ""  # pruned models' cache names
     os.makedirs(args.results_dir, exist_ok=True)
     prefix = os.path.join(args.results_dir, f"cifar_{args.preset}")
     curves = [plot_training_curves(candidates, f"{prefix}_training.png")] if candidates else []
@@ -584,7 +590,7 @@ def main(argv: list[str] | None = None) -> dict:
         for arch, zoo_of_one in transfer_bases().items():
             base = zoo_of_one.model(0)
             for method, stage, importance in (METHODS[m] for m in transfer_methods):
-                name = f"transfer-{arch}/{tag(stage)}-{importance}-{min(args.speed_ups):g}x"
+                name = f"transfer-{arch}/{tag(stage)}-{importance}-{min(args.speed_ups):g}x{rounded}"
                 record = cache.record(name)
                 if record is None:
                     pre = _pre_prune_stage(args, cache, 0, stage, base, data, metapruner, finetune_kwargs,
@@ -635,7 +641,7 @@ def main(argv: list[str] | None = None) -> dict:
         pre_models: dict[str, hm.training.PrePruneResult] = {}
         for method, stage, importance in methods:
             for speed_up in args.speed_ups:
-                name = f"seed-{seed}/{tag(stage)}-{importance}-{speed_up:g}x"
+                name = f"seed-{seed}/{tag(stage)}-{importance}-{speed_up:g}x{rounded}"
                 record = cache.record(name)
                 if record is None:
                     if stage not in pre_models:
@@ -658,7 +664,7 @@ def main(argv: list[str] | None = None) -> dict:
                 for key in ("stage_val_accuracy", "stage_seconds"):
                     record[key] = {**pre_record[key], **record[key]}
                 runs.append(record)
-        direct = cache.record(f"seed-{seed}/direct-{meta_key}")  # no training at all: the transform's own effect
+        direct = cache.record(f"seed-{seed}/direct-{meta_key}{rounded}")  # no training at all: the transform's own effect
         if direct is None:
             t = time.time()
             transformed = metapruner.transform(base, x)
@@ -666,11 +672,11 @@ def main(argv: list[str] | None = None) -> dict:
             for speed_up in args.speed_ups:
                 accs = {}
                 for key, model in (("base", base), ("transformed", transformed)):
-                    pruned = hm.prune_to_speedup(model, x, speed_up).model
+                    pruned = hm.prune_to_speedup(model, x, speed_up, round_to=args.round_to or None).model
                     accs[key] = {split: evaluate_accuracy(pruned, data, split=split) for split in ("validation", "test")}
                     accs[key]["recalibrated_test"] = evaluate_recalibrated(pruned, data, ("test",), seed)["test"]
                 direct["speed_ups"][f"{speed_up:g}"] = accs
-            cache.save(f"seed-{seed}/direct-{meta_key}", transformed, direct, args.architecture)
+            cache.save(f"seed-{seed}/direct-{meta_key}{rounded}", transformed, direct, args.architecture)
             cache.add_seconds("evaluation", time.time() - t)
         directs.append(direct)
         t = time.time()  # CPU latency of every model of this seed, interleaved so they share the noise
@@ -760,10 +766,10 @@ def _prune_and_finetune(args, cache: Cache, name: str, model, data, speed_up: fl
     set_seed(seed)  # random pruning draws from torch's generator
     x = data.example_inputs()
     if importance == "uniform":
-        widths = hm.ChannelGroups.from_model(model, x).uniform_widths(speed_up)
+        widths = hm.ChannelGroups.from_model(model, x).uniform_widths(speed_up, round_to=args.round_to or None)
         pruned = hm.prune_to_widths(model, x, widths, keep="group_l2")
     else:
-        pruned = hm.prune_to_speedup(model, x, speed_up, importance=importance)
+        pruned = hm.prune_to_speedup(model, x, speed_up, importance=importance, round_to=args.round_to or None)
     prune_seconds = time.time() - t
     record = {"speed_up": pruned.speed_up, "macs": pruned.macs_after, "params": pruned.params_after,
               "pruned_val_accuracy": evaluate_accuracy(pruned.model, data),

@@ -171,3 +171,15 @@ def test_transfer_only_with_a_given_metanetwork(cifar_benchmark, tmp_path):
     assert not (tmp_path / "out" / "seed-0").exists()
     assert "| cifar_resnet32 | metanetwork + SL | 2.0" in (tmp_path / "results" / "cifar_cpu-small_transfer.md").read_text()
     assert cifar_benchmark.main(argv)["transfer"] == summary["transfer"]  # cached: the same records
+
+    # --round_to: every pruned group a multiple of 8 channels, cached apart from the unrounded rows
+    with pytest.raises(ValueError, match="--round_to must be >= 0"):
+        cifar_benchmark.parse_args(common + ["--round_to", "-8"])
+    cifar_benchmark.main(argv + ["--round_to", "8"])
+    folder = tmp_path / "out" / "transfer-cifar_resnet32"
+    assert (folder / "sparse-group_l2-2x" / "record.json").is_file()  # the unrounded rows are still there
+    rounded = sorted(folder.glob("*-2x-round8/model"))
+    assert len(rounded) == 2  # DepGraph + SL and metanetwork + SL
+    for path in rounded:
+        widths = [m.out_channels for m in hm.load_pruned(str(path)).modules() if isinstance(m, torch.nn.Conv2d)]
+        assert all(w % 8 == 0 for w in widths), (path.parent.name, widths)
