@@ -664,7 +664,8 @@ def main(argv: list[str] | None = None) -> dict:
                 for key in ("stage_val_accuracy", "stage_seconds"):
                     record[key] = {**pre_record[key], **record[key]}
                 runs.append(record)
-        direct = cache.record(f"seed-{seed}/direct-{meta_key}{rounded}")  # no training at all: the transform's own effect
+        # no training at all: the transform's own effect
+        direct = cache.record(f"seed-{seed}/direct-{meta_key}{rounded}")
         if direct is None:
             t = time.time()
             transformed = metapruner.transform(base, x)

@@ -169,7 +169,8 @@ def test_transfer_only_with_a_given_metanetwork(cifar_benchmark, tmp_path):
     assert set(json.loads((tmp_path / "out" / "stage_seconds.json").read_text())) == \
         {"transfer_models", "pre_prune", "prune_and_finetune"}  # no zoo, no meta-training, no comparison
     assert not (tmp_path / "out" / "seed-0").exists()
-    assert "| cifar_resnet32 | metanetwork + SL | 2.0" in (tmp_path / "results" / "cifar_cpu-small_transfer.md").read_text()
+    table = (tmp_path / "results" / "cifar_cpu-small_transfer.md").read_text()
+    assert "| cifar_resnet32 | metanetwork + SL | 2.0" in table
     assert cifar_benchmark.main(argv)["transfer"] == summary["transfer"]  # cached: the same records
 
     # --round_to: every pruned group a multiple of 8 channels, cached apart from the unrounded rows
