@@ -260,6 +260,11 @@ class BenchmarkArguments:
             raise ValueError("--transfer_only needs --transfer_architectures (got "
                              f"{self.transfer_architectures or 'none'}) and no --stop_after (got '{self.stop_after}')")
 
+    @property
+    def rounding(self) -> int | None:
+        """``round_to`` as the pruning functions take it (None: widths as the criterion leaves them)."""
+        return self.round_to or None
+
     def candidates(self) -> list[dict]:
         n = max(len(getattr(self, name)) for name in CANDIDATE_FIELDS)
         return [{key: getattr(self, name)[i if len(getattr(self, name)) > 1 else 0]
@@ -301,15 +306,23 @@ class Cache:
     def model(self, name: str) -> torch.nn.Module:
         return hm.load_pruned(os.path.join(self.root, name, "model"))
 
-    def add_seconds(self, stage: str, seconds: float) -> dict[str, float]:
-        """Accumulate the wall time of ``stage`` over resumed runs (cached work adds ~0)."""
+    def seconds(self) -> dict[str, float]:
+        """The wall time of every stage, summed over resumed runs."""
         path = os.path.join(self.root, "stage_seconds.json")
-        times = json.load(open(path)) if os.path.isfile(path) else {}
+        return json.load(open(path)) if os.path.isfile(path) else {}
+
+    def add_seconds(self, stage: str, seconds: float) -> None:
+        """Accumulate the wall time of ``stage`` over resumed runs (cached work adds ~0)."""
+        times = self.seconds()
         times[stage] = times.get(stage, 0.0) + seconds
         os.makedirs(self.root, exist_ok=True)
-        with open(path, "w") as f:
+        with open(os.path.join(self.root, "stage_seconds.json"), "w") as f:
             json.dump(times, f, indent=2)
-        return times
+
+    def with_pre_prune_stages(self, record: dict, pre_name: str) -> dict:
+        """``record`` with the stages of its pre-prune record ``pre_name`` merged in: the whole pipeline in one."""
+        pre = self.record(pre_name)
+        return dict(record, **{key: {**pre[key], **record[key]} for key in ("stage_val_accuracy", "stage_seconds")})
 
     def save(self, name: str, model: torch.nn.Module, record: dict, architecture: str) -> None:
         hm.save_pruned(model.cpu(), os.path.join(self.root, name, "model"), architecture=architecture)
@@ -593,12 +606,12 @@ def main(argv: list[str] | None = None) -> dict:
                 name = f"transfer-{arch}/{tag(stage)}-{importance}-{min(args.speed_ups):g}x{rounded}"
                 record = cache.record(name)
                 if record is None:
+                    pre_name = f"transfer-{arch}/pre-{tag(stage)}"
                     pre = _pre_prune_stage(args, cache, 0, stage, base, data, metapruner, finetune_kwargs,
-                                           name=f"transfer-{arch}/pre-{tag(stage)}", architecture=arch)
+                                           name=pre_name, architecture=arch)
                     record, model = _prune_and_finetune(args, cache, name, pre.model, data, min(args.speed_ups),
                                                         importance, 0, finetune_kwargs)
-                    for key in ("stage_val_accuracy", "stage_seconds"):  # the whole pipeline's stages in one record
-                        record[key] = {**getattr(pre, key), **record[key]}
+                    record = cache.with_pre_prune_stages(record, pre_name)
                     record.update(method=method, architecture=arch, seed=0, target_speed_up=min(args.speed_ups),
                                   base_val_accuracy=zoo_of_one.dataset["val_accuracy"][0],
                                   base_test_accuracy=evaluate_accuracy(base, data, split="test"))
@@ -613,7 +626,7 @@ def main(argv: list[str] | None = None) -> dict:
         summary = {"preset": args.preset, "transfer_table": table, "transfer": transfer,
                    "metanetwork": args.metanetwork or candidates[best]["path"], "candidate_table": ablation,
                    "metanetwork_candidates": candidates, "selected_candidate": best, "arguments": asdict(args),
-                   "stage_seconds": json.load(open(os.path.join(args.output_dir, "stage_seconds.json"))),
+                   "stage_seconds": cache.seconds(),
                    "torch_threads": torch.get_num_threads(), "versions": hm.library_versions()}
         with open(f"{prefix}_transfer.json", "w") as f:
             json.dump(summary, f, indent=2)
@@ -660,10 +673,7 @@ def main(argv: list[str] | None = None) -> dict:
                         f"{record['pruned_test_accuracy']:.4f} (BN recalibrated {record['recalibrated_test_accuracy']:.4f})"
                         f"; finetuned val {record['val_accuracy']:.4f} test {record['test_accuracy']:.4f}")
                 models[(method, speed_up)] = cache.model(name)
-                pre_record = cache.record(f"seed-{seed}/pre-{tag(stage)}")  # the whole pipeline's stages in one record
-                for key in ("stage_val_accuracy", "stage_seconds"):
-                    record[key] = {**pre_record[key], **record[key]}
-                runs.append(record)
+                runs.append(cache.with_pre_prune_stages(record, f"seed-{seed}/pre-{tag(stage)}"))
         # no training at all: the transform's own effect
         direct = cache.record(f"seed-{seed}/direct-{meta_key}{rounded}")
         if direct is None:
@@ -673,7 +683,7 @@ def main(argv: list[str] | None = None) -> dict:
             for speed_up in args.speed_ups:
                 accs = {}
                 for key, model in (("base", base), ("transformed", transformed)):
-                    pruned = hm.prune_to_speedup(model, x, speed_up, round_to=args.round_to or None).model
+                    pruned = hm.prune_to_speedup(model, x, speed_up, round_to=args.rounding).model
                     accs[key] = {split: evaluate_accuracy(pruned, data, split=split) for split in ("validation", "test")}
                     accs[key]["recalibrated_test"] = evaluate_recalibrated(pruned, data, ("test",), seed)["test"]
                 direct["speed_ups"][f"{speed_up:g}"] = accs
@@ -699,7 +709,7 @@ def main(argv: list[str] | None = None) -> dict:
     # 4. aggregate, write JSON / table / plots: once before the transfer rows (so the table exists after <= 2 h),
     # once more with them
     def report(transfer: list[dict]) -> dict:
-        stage_seconds = json.load(open(os.path.join(args.output_dir, "stage_seconds.json")))
+        stage_seconds = cache.seconds()
         stage_seconds["total"] = sum(stage_seconds.values())
 
         rows = []
@@ -767,10 +777,10 @@ def _prune_and_finetune(args, cache: Cache, name: str, model, data, speed_up: fl
     set_seed(seed)  # random pruning draws from torch's generator
     x = data.example_inputs()
     if importance == "uniform":
-        widths = hm.ChannelGroups.from_model(model, x).uniform_widths(speed_up, round_to=args.round_to or None)
+        widths = hm.ChannelGroups.from_model(model, x).uniform_widths(speed_up, round_to=args.rounding)
         pruned = hm.prune_to_widths(model, x, widths, keep="group_l2")
     else:
-        pruned = hm.prune_to_speedup(model, x, speed_up, importance=importance, round_to=args.round_to or None)
+        pruned = hm.prune_to_speedup(model, x, speed_up, importance=importance, round_to=args.rounding)
     prune_seconds = time.time() - t
     record = {"speed_up": pruned.speed_up, "macs": pruned.macs_after, "params": pruned.params_after,
               "pruned_val_accuracy": evaluate_accuracy(pruned.model, data),
