@@ -202,7 +202,8 @@ class BenchmarkArguments:
     finetune_learning_rate: float = field(default=0.01)
     round_to: int = field(default=0, metadata={
         "help": "prune every group to a multiple of this many channels (0: as the criterion leaves them); odd widths "
-                "train slowly in bf16 (benchmarks/pruned_training_speed.py). Not applied to the searched methods"})
+                "train slowly in bf16 (benchmarks/pruned_training_speed.py). Meta-training "
+                "masks and probes with it too; not applied to the searched methods"})
     sl_lambda: float = field(default=2.5e-3, metadata={"help": "DepGraph sparse-learning strength"})
     pruningnet_hidden_size: int = field(default=32, metadata={"help": "MetaPruning's generator width (paper: 32)"})
     search_population: int = field(default=16, metadata={"help": "MetaPruning's evolutionary search (paper: 50)"})
@@ -342,6 +343,8 @@ def candidate_key(args, candidate: dict) -> str:
     shared = {k: getattr(args, k) for k in ("hidden_size", "num_layers", "task_batch_size", "meta_eval_steps",
                                             "probe_finetune_steps", "finetune_learning_rate", "speed_ups")}
     candidate = {k: v for k, v in candidate.items() if not (k == "ema_decay" and v == 0.0)}  # added later: hashed
+    if args.round_to:
+        shared["round_to"] = args.round_to
     blob = json.dumps({**candidate, **shared}, sort_keys=True)  # only when set, so earlier caches stay valid
     return "candidate-" + hashlib.sha256(blob.encode()).hexdigest()[:10]
 
@@ -364,7 +367,7 @@ def train_metanetwork(args, candidate: dict, train_zoo, eval_zoo, data, common: 
             prune_aware_weight=candidate["prune_aware_weight"], prune_aware_speed_ups=list(args.speed_ups),
             prune_aware_temperature=candidate["prune_aware_temperature"],
             distill_weight=candidate["distill_weight"], ema_decay=candidate["ema_decay"],
-            probe_speed_up=min(args.speed_ups),
+            probe_speed_up=min(args.speed_ups), round_to=args.rounding,
             probe_finetune_steps=args.probe_finetune_steps, probe_learning_rate=args.finetune_learning_rate,
             eval_strategy="steps", eval_steps=args.meta_eval_steps, save_strategy="steps",
             save_steps=args.meta_eval_steps, save_total_limit=1, load_best_model_at_end=True, logging_steps=5,

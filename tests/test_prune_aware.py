@@ -28,30 +28,34 @@ def _conv_out_widths(groups: ChannelGroups, params, keep: torch.Tensor) -> dict[
             if s.dim == 0 and not s.is_bias and params[s.param].dim() == 4}
 
 
+@pytest.mark.parametrize("round_to", [None, 8])
 @pytest.mark.parametrize("speed_up", [1.5, 2.0, 3.0])
-def test_pruned_units_are_exactly_what_prune_to_speedup_removes(speed_up):
+def test_pruned_units_are_exactly_what_prune_to_speedup_removes(speed_up, round_to):
     model, x = _resnet20_with_uneven_units(), torch.randn(1, 3, 32, 32)
     groups = ChannelGroups.from_model(model, x)
     params = dict(model.named_parameters())
-    removed = groups.pruned_units(params, speed_up)
-    result = hm.prune_to_speedup(model, x, speed_up)
+    removed = groups.pruned_units(params, speed_up, round_to=round_to)
+    result = hm.prune_to_speedup(model, x, speed_up, round_to=round_to)
     widths = _conv_out_widths(groups, params, (~removed).float())
     assert widths == {name: result.widths[name]["out"] for name in widths}
+    if round_to:  # every pruned width a multiple of 8: the chunks, not single channels, were emulated
+        assert all(w % round_to == 0 for w in widths.values()) and any(w % 16 for w in widths.values())
     assert groups.macs() / groups.macs(removed) == pytest.approx(result.speed_up, rel=1e-9)
     assert groups.macs() == pytest.approx(result.macs_before)
 
 
-def test_masked_loss_equals_the_loss_of_the_really_pruned_network():
+@pytest.mark.parametrize("round_to", [None, 8])
+def test_masked_loss_equals_the_loss_of_the_really_pruned_network(round_to):
     model, x = _resnet20_with_uneven_units(), torch.randn(1, 3, 32, 32)
     groups = ChannelGroups.from_model(model, x)
     state = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    removed = groups.pruned_units(state, 2.0)
+    removed = groups.pruned_units(state, 2.0, round_to=round_to)
     assert 0 < int(removed.sum()) < groups.num_units
     torch.manual_seed(1)
     batch = {"pixel_values": torch.randn(16, 3, 32, 32), "labels": torch.randint(0, 10, (16,))}
     with torch.no_grad():
         masked, parts = task_loss(model, state, batch, groups, removed, prune_aware_weight=1.0)
-        pruned = hm.prune_to_speedup(model, x, 2.0).model.eval()
+        pruned = hm.prune_to_speedup(model, x, 2.0, round_to=round_to).model.eval()
         real = nn.functional.cross_entropy(pruned(batch["pixel_values"]), batch["labels"])
         full = nn.functional.cross_entropy(model(batch["pixel_values"]), batch["labels"])
     assert float(masked) == pytest.approx(float(real), rel=1e-5, abs=1e-6)
@@ -140,14 +144,19 @@ def test_straight_through_mask_is_hard_forward_and_moves_removed_units_backward(
     assert (weight.grad[unit_of.index[removed_here]].abs() > 0).all()
 
 
-def test_trainer_logs_the_pruning_aware_terms_and_changes_the_metanetwork(tiny_zoo, cifar_small, tmp_path):
+def test_trainer_logs_the_pruning_aware_terms_and_changes_the_metanetwork(tiny_zoo, cifar_small, tmp_path,
+                                                                          monkeypatch):
     train, _ = tiny_zoo.split(1)
     metapruner = _metapruner(train, cifar_small)
     before = {n: p.detach().clone() for n, p in metapruner.named_parameters()}
+    masks = []  # the trainer masks what pruning with its round_to removes: widths stay multiples of 8
+    emulate = ChannelGroups.pruned_units
+    monkeypatch.setattr(ChannelGroups, "pruned_units", lambda self, *a, **k: masks.append(k) or emulate(self, *a, **k))
     trainer = MetaPrunerTrainer(model=metapruner, train_zoo=train, data=cifar_small,
-                                args=_args(tmp_path, max_steps=2, prune_aware_weight=0.5,
+                                args=_args(tmp_path, max_steps=2, prune_aware_weight=0.5, round_to=8,
                                            prune_aware_speed_ups=[2.0, 3.0], distill_weight=0.3))
     trainer.train()
+    assert masks and all(k == {"round_to": 8} for k in masks)
     logged = [h for h in trainer.state.log_history if "pruned_ce_loss" in h]
     assert len(logged) == 2
     for h in logged:
@@ -161,6 +170,7 @@ def test_trainer_logs_the_pruning_aware_terms_and_changes_the_metanetwork(tiny_z
     ("distill_weight", -0.1, "distill_weight must be in"),
     ("prune_aware_temperature", -1.0, "prune_aware_temperature must be >= 0"),
     ("prune_aware_speed_ups", [1.0], "prune_aware_speed_ups must be"),
+    ("round_to", 0, "round_to must be a positive integer"),
 ])
 def test_pruning_aware_arguments_are_checked(tmp_path, field, value, match):
     with pytest.raises(ValueError, match=match):

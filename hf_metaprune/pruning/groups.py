@@ -354,19 +354,22 @@ class ChannelGroups:
         return cost[:-1]
 
     def pruned_units(self, params: dict[str, torch.Tensor], speed_up: float, tolerance: float = 0.01,
-                     max_pruning_ratio: float = 0.95) -> torch.Tensor:
-        """The units (boolean, per unit) that :func:`~hf_metaprune.prune_to_speedup` with ``group_l2`` removes from
-        ``params`` to reach ``speed_up`` in MACs.
+                     max_pruning_ratio: float = 0.95, round_to: int | None = None) -> torch.Tensor:
+        """The units (boolean, per unit) that :func:`~hf_metaprune.prune_to_speedup` with ``group_l2`` (and the same
+        ``round_to``) removes from ``params`` to reach ``speed_up`` in MACs.
 
         Emulates its loop on the MACs model instead of the network (milliseconds instead of a second): each step
         ranks the remaining units by their norm — without the slices already pruned — over the mean of what is
-        left of their group, and removes the lowest until half of the remaining MACs gap is closed (never more
-        than ``max_pruning_ratio`` of a group). Ties aside, it removes the same units.
+        left of their group, and removes the lowest (with ``round_to``: chunks that keep each channel group's width
+        a multiple of it) until half of the remaining MACs gap is closed (never more than ``max_pruning_ratio`` of a
+        group). Ties aside, it removes the same units.
         """
+        round_to = check_round_to(round_to)
         detached = {s.param: params[s.param].detach().double().cpu() for s in self.slices}
         groups = self.group_of_unit
         sizes = torch.bincount(groups, minlength=self.num_groups)
-        keep_at_least = torch.clamp(torch.round(sizes * (1 - max_pruning_ratio)), min=1)
+        keep_at_least = torch.clamp(torch.round(sizes * (1 - max_pruning_ratio)), min=1).long().tolist()
+        members = [torch.nonzero(groups == g).flatten() for g in range(self.num_groups)]
         macs0 = self.macs()
         target, floor = macs0 / speed_up, macs0 / (speed_up * (1 + tolerance))
         removed = torch.zeros(self.num_units, dtype=torch.bool)
@@ -381,29 +384,33 @@ class ChannelGroups:
             mean = mean / torch.bincount(groups[kept], minlength=self.num_groups).clamp_min(1)
             score = sq_cpu / mean[groups].clamp_min(1e-12)
             cost = self.unit_costs(removed)
-            room_left = (torch.bincount(groups[kept], minlength=self.num_groups) - keep_at_least).tolist()
-            need, room, acc, chosen = macs - target, macs - floor, 0.0, []
-            is_removed = removed.tolist()
-            order = [u for u in torch.argsort(score, stable=True).tolist() if not is_removed[u]]
-            candidates = []
-            for u in order:
-                g = int(groups[u])
-                if room_left[g] > 0:
-                    room_left[g] -= 1
-                    candidates.append(u)
+            candidates = []  # (score, group, units, MACs freed), as prune_to_speedup's candidates
+            for g, units in enumerate(members):
+                left = units[kept[units]]
+                chunk = 1 if g in self.head_groups else round_to
+                if len(left) < chunk:
+                    continue
+                prunable = len(left) - -(-keep_at_least[g] // chunk) * chunk
+                order = left[torch.argsort(score[left], stable=True)][:max(prunable, 0)].tolist()
+                first = len(left) % chunk  # trim to a multiple first, then whole chunks
+                parts = ([order[:first]] if first else []) + [order[i:i + chunk]
+                                                              for i in range(first, len(order), chunk)]
+                candidates += [(float(score[p].mean()), g, p, float(cost[p].sum())) for p in parts
+                               if len(p) == chunk or p is parts[0] and first]
             if not candidates:
                 break
-            for u in candidates:
-                c = float(cost[u])
-                if acc + c > room:
+            need, room, acc, chosen = macs - target, macs - floor, 0.0, []
+            for c in sorted(candidates, key=lambda c: (c[0], c[1], c[2])):
+                if acc + c[3] > room:
                     continue
-                chosen.append(u)
-                acc += c
+                chosen.append(c)
+                acc += c[3]
                 if acc >= 0.5 * need:
                     break
             if not chosen:
-                chosen = [min(candidates, key=lambda u: (float(cost[u]), float(score[u])))]
-            removed[chosen] = True
+                chosen = [min(candidates, key=lambda c: (c[3], c[0]))]
+            for c in chosen:
+                removed[c[2]] = True
             macs = self.macs(removed)
         return removed
 

@@ -41,7 +41,7 @@ from ..._io import atomic_files
 from ...data import ClassificationData
 from ...graph import NetworkGraph, model_to_graph
 from ...pruning import prune_to_speedup
-from ...pruning.groups import ChannelGroups, sparsity_penalty
+from ...pruning.groups import ChannelGroups, check_round_to, sparsity_penalty
 from ...training.finetune import classifier_logits, evaluate_accuracy
 from ...training.zoo import DataModelZoo
 from .configuration import MetaPrunerConfig
@@ -87,6 +87,9 @@ class MetaPrunerTrainingArguments(TrainingArguments):
     weak_group_threshold: float = field(default=0.5, metadata={
         "help": "a unit is weak when its norm is below this × its group's mean norm in the untransformed model"})
     probe_speed_up: float = field(default=2.0, metadata={"help": "MACs speed-up pruned to during evaluation"})
+    round_to: int | None = field(default=None, metadata={
+        "help": "prune to channel counts that are multiples of this in the pruning-aware mask and the probe, as "
+                "prune_to_speedup(round_to=...) will (None: widths as the criterion leaves them)"})
     probe_finetune_steps: int = field(default=50, metadata={"help": "SGD steps after pruning in evaluation"})
     probe_learning_rate: float = field(default=0.01, metadata={"help": "learning rate of the probe finetune"})
     probe_eval_samples: int | None = field(default=None, metadata={"help": "validation images per probe"})
@@ -108,6 +111,7 @@ class MetaPrunerTrainingArguments(TrainingArguments):
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1) (0: no weight averaging), got {self.ema_decay}")
+        check_round_to(self.round_to)
         if self.prune_aware_temperature < 0:
             raise ValueError(f"prune_aware_temperature must be >= 0, got {self.prune_aware_temperature}")
         speed_ups = self.prune_aware_speed_ups
@@ -259,7 +263,7 @@ class MetaPrunerTrainer(Trainer):
         batches, speed_up = self._task_batches(index)
         removed = None
         if args.prune_aware_weight > 0:
-            removed = target.groups.pruned_units(leaves, speed_up)
+            removed = target.groups.pruned_units(leaves, speed_up, round_to=args.round_to)
         total = torch.zeros((), device=self.args.device)
         stats: dict[str, float] = defaultdict(float)
         for batch in batches:
@@ -321,11 +325,13 @@ class MetaPrunerTrainer(Trainer):
         transformed = metapruner.transform(original, x)
         row = {"original_accuracy": evaluate_accuracy(original, data),
                "transformed_accuracy": evaluate_accuracy(transformed, data)}
-        pruned = prune_to_speedup(transformed, x, args.probe_speed_up, importance="group_l2").model
+        pruned = prune_to_speedup(transformed, x, args.probe_speed_up, importance="group_l2",
+                                  round_to=args.round_to).model
         row["pruned_accuracy"] = evaluate_accuracy(pruned, data)
         row["probe_accuracy"] = evaluate_accuracy(self._probe_finetune(pruned, index), data)
         if with_baseline:  # the same probe without the metanetwork, for reference
-            baseline = prune_to_speedup(original, x, args.probe_speed_up, importance="group_l2").model
+            baseline = prune_to_speedup(original, x, args.probe_speed_up, importance="group_l2",
+                                        round_to=args.round_to).model
             row["baseline"] = evaluate_accuracy(self._probe_finetune(baseline, index), data)
         return row
 
