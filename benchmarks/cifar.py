@@ -52,6 +52,7 @@ from transformers import HfArgumentParser, set_seed
 warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")  # torch_geometric, at import
 
 import hf_metaprune as hm  # noqa: E402
+from hf_metaprune._io import atomic_files  # noqa: E402
 from hf_metaprune.pruning import module_widths  # noqa: E402
 from hf_metaprune.training import evaluate_accuracy, evaluate_recalibrated, pre_prune  # noqa: E402
 
@@ -177,6 +178,9 @@ class BenchmarkArguments:
     hidden_size: int = field(default=32)
     num_layers: int = field(default=4)
     meta_eval_steps: int = field(default=50)
+    meta_round_to: int = field(default=0, metadata={
+        "help": "meta-training's pruning-aware mask and prune-and-probe keep widths multiples of this (0: as the "
+                "criterion leaves them; the cpu preset: rounding here lost on validation, README 'Ablation')"})
     # candidates: every list is zipped (one value: shared by all); each is meta-trained and probed
     meta_max_steps: list[int] = field(default_factory=lambda: [150])
     meta_learning_rate: list[float] = field(default_factory=lambda: [1e-3])
@@ -202,8 +206,8 @@ class BenchmarkArguments:
     finetune_learning_rate: float = field(default=0.01)
     round_to: int = field(default=0, metadata={
         "help": "prune every group to a multiple of this many channels (0: as the criterion leaves them); odd widths "
-                "train slowly in bf16 (benchmarks/pruned_training_speed.py). Meta-training "
-                "masks and probes with it too; not applied to the searched methods"})
+                "train slowly in bf16 (benchmarks/pruned_training_speed.py). Not applied to the searched methods "
+                "(nor to meta-training: --meta_round_to)"})
     sl_lambda: float = field(default=2.5e-3, metadata={"help": "DepGraph sparse-learning strength"})
     pruningnet_hidden_size: int = field(default=32, metadata={"help": "MetaPruning's generator width (paper: 32)"})
     search_population: int = field(default=16, metadata={"help": "MetaPruning's evolutionary search (paper: 50)"})
@@ -254,8 +258,9 @@ class BenchmarkArguments:
             raise ValueError(f"--methods: unknown {unknown}; choose from {list(METHODS)}")
         if self.stop_after not in ("", "models", "metanetwork"):
             raise ValueError(f"--stop_after must be 'models' or 'metanetwork', got '{self.stop_after}'")
-        if self.round_to < 0:
-            raise ValueError(f"--round_to must be >= 0 (0: widths as pruned), got {self.round_to}")
+        for name in ("round_to", "meta_round_to"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0 (0: widths as pruned), got {getattr(self, name)}")
         if self.metanetwork and self.stop_after == "metanetwork":
             raise ValueError(f"--stop_after metanetwork meta-trains the candidates; --metanetwork {self.metanetwork} "
                              f"skips that: give one of them")
@@ -301,6 +306,7 @@ class Cache:
 
     def __init__(self, root: str):
         self.root = root
+        self.seconds_path = os.path.join(root, "stage_seconds.json")
 
     def record(self, name: str) -> dict | None:
         path = os.path.join(self.root, name, "record.json")
@@ -311,16 +317,13 @@ class Cache:
 
     def seconds(self) -> dict[str, float]:
         """The wall time of every stage, summed over resumed runs."""
-        path = os.path.join(self.root, "stage_seconds.json")
-        return json.load(open(path)) if os.path.isfile(path) else {}
+        return json.load(open(self.seconds_path)) if os.path.isfile(self.seconds_path) else {}
 
     def add_seconds(self, stage: str, seconds: float) -> None:
         """Accumulate the wall time of ``stage`` over resumed runs (cached work adds ~0)."""
         times = self.seconds()
         times[stage] = times.get(stage, 0.0) + seconds
-        os.makedirs(self.root, exist_ok=True)
-        with open(os.path.join(self.root, "stage_seconds.json"), "w") as f:
-            json.dump(times, f, indent=2)
+        _write_json(self.seconds_path, times)
 
     def with_pre_prune_stages(self, record: dict, pre_name: str) -> dict:
         """``record`` with the stages of its pre-prune record ``pre_name`` merged in: the whole pipeline in one."""
@@ -333,9 +336,14 @@ class Cache:
 
     def save_record(self, name: str, record: dict) -> None:
         """Written last, after the stage's files: marks the stage complete."""
-        os.makedirs(os.path.join(self.root, name), exist_ok=True)
-        with open(os.path.join(self.root, name, "record.json"), "w") as f:
-            json.dump(record, f, indent=2)
+        _write_json(os.path.join(self.root, name, "record.json"), record)
+
+
+def _write_json(path: str, value) -> None:
+    """Atomically (an interrupted write leaves the earlier file): a record is what marks a stage complete."""
+    with atomic_files(os.path.dirname(path), [os.path.basename(path)]) as tmp:
+        with open(tmp[os.path.basename(path)], "w") as f:
+            json.dump(value, f, indent=2)
 
 
 def candidate_key(args, candidate: dict) -> str:
@@ -343,8 +351,8 @@ def candidate_key(args, candidate: dict) -> str:
     shared = {k: getattr(args, k) for k in ("hidden_size", "num_layers", "task_batch_size", "meta_eval_steps",
                                             "probe_finetune_steps", "finetune_learning_rate", "speed_ups")}
     candidate = {k: v for k, v in candidate.items() if not (k == "ema_decay" and v == 0.0)}  # added later: hashed
-    if args.round_to:
-        shared["round_to"] = args.round_to
+    if args.meta_round_to:
+        shared["round_to"] = args.meta_round_to
     blob = json.dumps({**candidate, **shared}, sort_keys=True)  # only when set, so earlier caches stay valid
     return "candidate-" + hashlib.sha256(blob.encode()).hexdigest()[:10]
 
@@ -367,14 +375,13 @@ def train_metanetwork(args, candidate: dict, train_zoo, eval_zoo, data, common: 
             prune_aware_weight=candidate["prune_aware_weight"], prune_aware_speed_ups=list(args.speed_ups),
             prune_aware_temperature=candidate["prune_aware_temperature"],
             distill_weight=candidate["distill_weight"], ema_decay=candidate["ema_decay"],
-            probe_speed_up=min(args.speed_ups), round_to=args.rounding,
+            probe_speed_up=min(args.speed_ups), round_to=args.meta_round_to or None,
             probe_finetune_steps=args.probe_finetune_steps, probe_learning_rate=args.finetune_learning_rate,
             eval_strategy="steps", eval_steps=args.meta_eval_steps, save_strategy="steps",
             save_steps=args.meta_eval_steps, save_total_limit=1, load_best_model_at_end=True, logging_steps=5,
             **schedule, **common)
         history = [h for h in result.log_history if "eval_probe_accuracy" in h or "task_loss" in h]
-        with open(log_path, "w") as f:
-            json.dump({"candidate": candidate, "seconds": time.time() - start, "history": history}, f, indent=2)
+        _write_json(log_path, {"candidate": candidate, "seconds": time.time() - start, "history": history})
     with open(log_path) as f:
         log_history = json.load(f)
     final = os.path.join(run_dir, "final")
