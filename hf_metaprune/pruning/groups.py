@@ -160,10 +160,7 @@ class ChannelGroups:
             step = 1 if g in self.head_groups else round_to  # the top ``step`` units always stay
             if size <= step:
                 continue
-            removable = ranked[:size - step]
-            first = len(removable) % step  # down to a multiple first, then whole chunks
-            for part in ([removable[:first]] if first else []) + [removable[i:i + step]
-                                                                   for i in range(first, len(removable), step)]:
+            for part in removal_chunks(ranked[:size - step], size, step):
                 chunks.append(part)
                 chunk_group.append(g)
         order = sorted(range(len(chunks)), key=lambda c: float(scores[chunks[c]].mean()))
@@ -391,12 +388,11 @@ class ChannelGroups:
                 if len(left) < chunk:
                     continue
                 prunable = len(left) - -(-keep_at_least[g] // chunk) * chunk
-                order = left[torch.argsort(score[left], stable=True)][:max(prunable, 0)].tolist()
-                first = len(left) % chunk  # trim to a multiple first, then whole chunks
-                parts = ([order[:first]] if first else []) + [order[i:i + chunk]
-                                                              for i in range(first, len(order), chunk)]
-                candidates += [(float(score[p].mean()), g, p, float(cost[p].sum())) for p in parts
-                               if len(p) == chunk or p is parts[0] and first]
+                if prunable <= 0:
+                    continue
+                order = left[torch.argsort(score[left], stable=True)][:prunable].tolist()
+                candidates += [(float(score[p].mean()), g, p, float(cost[p].sum()))
+                               for p in removal_chunks(order, len(left), chunk)]
             if not candidates:
                 break
             need, room, acc, chosen = macs - target, macs - floor, 0.0, []
@@ -603,6 +599,15 @@ def unit_channel_indices(dg: tp.DependencyGraph, group, units, layouts: dict[nn.
     n_ch = num_channel_groups(dg, group, layouts)
     size = len(group[0].idxs) // n_ch
     return sorted(c + g * size for u in units for c in range(u * head, (u + 1) * head) for g in range(n_ch))
+
+
+def removal_chunks(order: list[int], size: int, chunk: int) -> list[list[int]]:
+    """``order`` (units of one group of ``size``, in the order they go) cut into what pruning to multiples of
+    ``chunk`` removes at once: first the ``size % chunk`` units that trim the group to a multiple, then whole
+    chunks (an incomplete last one stays)."""
+    first = size % chunk
+    whole = [order[i:i + chunk] for i in range(first, len(order), chunk)]
+    return ([order[:first]] if first else []) + [c for c in whole if len(c) == chunk]
 
 
 def check_round_to(round_to: int | None) -> int:

@@ -24,7 +24,7 @@ from ..graph.tracing import (build_dependency_graph, call_model, channel_dim_siz
                              check_supported_modules)
 from .cost import count_macs, count_macs_and_params
 from .groups import (ChannelGroups, check_round_to, coupled_groups, group_layout, head_size, num_channel_groups,
-                     prunable_groups, tied_modules, unit_channel_indices)
+                     prunable_groups, removal_chunks, tied_modules, unit_channel_indices)
 from .latency import LatencyTable, batch_size_of, is_tabled
 from .pretrained import attach_pruned_config
 
@@ -449,10 +449,8 @@ def _group_candidates(dg, group, gi, importance, layer_macs, initial, max_ratio,
     order = [i for i in torch.argsort(imp).tolist() if i not in protected][:prunable]
     if chunk == 1:
         return [_Candidate(float(imp[i]), gi, (i,), cost, unit) for i in order]
-    first = size % chunk  # trim to a multiple first, then whole chunks
-    chunks = ([order[:first]] if first else []) + [order[i:i + chunk] for i in range(first, len(order), chunk)]
-    return [_Candidate(float(imp[c].mean()), gi, tuple(c), cost * len(c), unit) for c in chunks
-            if len(c) == chunk or c is chunks[0] and first]
+    return [_Candidate(float(imp[c].mean()), gi, tuple(c), cost * len(c), unit)
+            for c in removal_chunks(order, size, chunk)]
 
 
 def _with_followers(dg: tp.DependencyGraph, group, layouts: dict[nn.Module, HeadLayout]):
