@@ -52,7 +52,7 @@ from transformers import HfArgumentParser, set_seed
 warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated")  # torch_geometric, at import
 
 import hf_metaprune as hm  # noqa: E402
-from hf_metaprune._io import atomic_files  # noqa: E402
+from hf_metaprune._io import write_json  # noqa: E402
 from hf_metaprune.pruning import module_widths  # noqa: E402
 from hf_metaprune.training import evaluate_accuracy, evaluate_recalibrated, pre_prune  # noqa: E402
 
@@ -323,7 +323,7 @@ class Cache:
         """Accumulate the wall time of ``stage`` over resumed runs (cached work adds ~0)."""
         times = self.seconds()
         times[stage] = times.get(stage, 0.0) + seconds
-        _write_json(self.seconds_path, times)
+        write_json(self.seconds_path, times)
 
     def with_pre_prune_stages(self, record: dict, pre_name: str) -> dict:
         """``record`` with the stages of its pre-prune record ``pre_name`` merged in: the whole pipeline in one."""
@@ -336,14 +336,7 @@ class Cache:
 
     def save_record(self, name: str, record: dict) -> None:
         """Written last, after the stage's files: marks the stage complete."""
-        _write_json(os.path.join(self.root, name, "record.json"), record)
-
-
-def _write_json(path: str, value) -> None:
-    """Atomically (an interrupted write leaves the earlier file): a record is what marks a stage complete."""
-    with atomic_files(os.path.dirname(path), [os.path.basename(path)]) as tmp:
-        with open(tmp[os.path.basename(path)], "w") as f:
-            json.dump(value, f, indent=2)
+        write_json(os.path.join(self.root, name, "record.json"), record)
 
 
 def candidate_key(args, candidate: dict) -> str:
@@ -381,7 +374,7 @@ def train_metanetwork(args, candidate: dict, train_zoo, eval_zoo, data, common: 
             save_steps=args.meta_eval_steps, save_total_limit=1, load_best_model_at_end=True, logging_steps=5,
             **schedule, **common)
         history = [h for h in result.log_history if "eval_probe_accuracy" in h or "task_loss" in h]
-        _write_json(log_path, {"candidate": candidate, "seconds": time.time() - start, "history": history})
+        write_json(log_path, {"candidate": candidate, "seconds": time.time() - start, "history": history})
     with open(log_path) as f:
         log_history = json.load(f)
     final = os.path.join(run_dir, "final")

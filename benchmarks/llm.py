@@ -30,7 +30,7 @@ import torch
 import transformers as tf
 
 import hf_metaprune as hm
-from hf_metaprune._io import atomic_update
+from hf_metaprune._io import write_json
 
 warnings.filterwarnings("ignore", message=".*(unwrapped|jit.script).*")
 
@@ -214,8 +214,7 @@ def main(argv=None) -> dict:
                   "speed_up": rows[0]["macs"] / pruned["macs"], "prune_seconds": seconds if speed_up else 0.0,
                   "heads": heads, "kv_heads": kv, "pruned": pruned, **after}
         tuned.save_pretrained(os.path.join(args.output_dir, folder, "model"))
-        with atomic_update(os.path.dirname(record_path)) as tmp, open(os.path.join(tmp, "record.json"), "w") as f:
-            json.dump(record, f, indent=2)
+        write_json(record_path, record)
         rows.append(record)
         log(f"{name}: {record}")
     folders = {r["model"]: "unpruned-finetuned" if r["model"] == "unpruned, finetuned" else r["model"]

@@ -25,7 +25,7 @@ import torch
 from transformers import TrainingArguments
 
 import hf_metaprune as hm
-from hf_metaprune._io import atomic_update
+from hf_metaprune._io import atomic_update, write_json
 from hf_metaprune.methods.stamp import attach_head
 from hf_metaprune.training import evaluate_accuracy
 
@@ -116,12 +116,6 @@ def add_seconds(output_dir: str, seconds: dict[str, float]) -> dict[str, float]:
     total = {k: total.get(k, 0.0) + seconds.get(k, 0.0) for k in {*total, *seconds}}
     write_json(path, total)
     return total
-
-
-def write_json(path: str, payload: dict) -> None:
-    with atomic_update(os.path.dirname(path) or ".") as tmp:
-        with open(os.path.join(tmp, os.path.basename(path)), "w") as f:
-            json.dump(payload, f, indent=2)
 
 
 def main(argv: list[str] | None = None) -> dict:

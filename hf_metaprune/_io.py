@@ -5,6 +5,7 @@ so an exception (bad metadata, a full disk, Ctrl-C) leaves the earlier checkpoin
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -36,6 +37,14 @@ def atomic_files(directory: str | os.PathLike, names: list[str]) -> Iterator[dic
         for path in tmp.values():
             if os.path.exists(path):
                 os.remove(path)
+
+
+def write_json(path: str | os.PathLike, value: Any, indent: int | None = 2) -> None:
+    """Write ``value`` as JSON to ``path`` through :func:`atomic_files`: an interrupted write leaves the earlier file
+    (a benchmark's record, whose presence marks a finished stage, is never half written)."""
+    directory, name = os.path.split(os.path.abspath(os.fspath(path)))
+    with atomic_files(directory, [name]) as tmp, open(tmp[name], "w") as f:
+        json.dump(value, f, indent=indent)
 
 
 @contextmanager

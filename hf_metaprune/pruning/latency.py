@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._io import atomic_files
+from .._io import write_json
 from ..graph.tracing import call_model
 from .cost import count_macs
 
@@ -139,9 +139,7 @@ class LatencyTable:
     # ---- files ---------------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
         """Write the table as JSON (atomic: beside, then renamed)."""
-        directory, name = os.path.split(os.path.abspath(os.fspath(path)))
-        with atomic_files(directory, [name]) as tmp, open(tmp[name], "w") as f:
-            json.dump(asdict(self), f)
+        write_json(path, asdict(self), indent=None)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "LatencyTable":
